@@ -1,0 +1,41 @@
+# Portcullis — build, test, lint, bench. `make test` is what CI runs (.ci/run).
+SHELL := /bin/bash
+WASM_TARGET := wasm32-wasip1
+WASM := target/$(WASM_TARGET)/release/portcullis.wasm
+CARGO ?= cargo
+
+.PHONY: all build setup test lint fmt bench clean
+
+all: build
+
+## setup: install what the build needs on a fresh machine (idempotent).
+setup:
+	@rustup target list --installed | grep -qx '$(WASM_TARGET)' || rustup target add $(WASM_TARGET)
+	@rustup component list --installed | grep -q '^clippy' || rustup component add clippy
+	@rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
+
+## build: the filter as wasm (target/wasm32-wasip1/release/portcullis.wasm) and the native CLI.
+build: setup
+	$(CARGO) build --release --locked --target $(WASM_TARGET) -p portcullis-filter --lib
+	$(CARGO) build --release --locked -p portcullis-cli
+	@ls -l $(WASM) | awk '{print "portcullis.wasm: " $$5 " bytes"}'
+
+## lint: formatting and clippy (native and wasm32), warnings are errors.
+lint: setup
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --locked --target $(WASM_TARGET) -p portcullis-filter --lib -- -D warnings
+
+## test: lint, unit and conformance tests, the wasm build.
+test: lint build
+	$(CARGO) test --locked --workspace
+
+## bench: per-request decision cost, natively and inside wasmtime (prints figures, never fails on time).
+bench: build
+	$(CARGO) run --release --locked -p portcullis-bench
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,197 @@
+//! The filter's configuration: read strictly from one JSON document, then prepared once.
+//!
+//! [`Config::from_json`] either returns a fully prepared policy (keys decoded, regexes
+//! compiled, hashes parsed) or every error it found, each naming its JSON path.
+
+pub mod provider;
+pub mod reader;
+pub mod route;
+
+pub use provider::{ApiKeyProvider, JwtProvider, Provider, ProviderKind, TokenSource};
+pub use reader::{ConfigError, Ctx};
+pub use route::{ClaimRule, ClaimTest, HostMatch, PathMatch, Route};
+
+use reader::Obj;
+use serde_json::Value;
+
+/// Largest configuration document accepted (a JWKS with many RSA keys fits easily).
+pub const MAX_CONFIG_BYTES: usize = 4 * 1024 * 1024;
+
+/// The prepared configuration of one filter instance.
+#[derive(Debug)]
+pub struct Config {
+    /// `realm` in `WWW-Authenticate` challenges.
+    pub realm: String,
+    /// Named identity providers; routes refer to them by index.
+    pub providers: Vec<Provider>,
+    /// Routes, in order: the first match wins.
+    pub routes: Vec<Route>,
+    /// Capacity of the verified-token cache; 0 turns it off.
+    pub token_cache_entries: usize,
+    /// Headers that carry the verified identity to the services.
+    pub identity_headers: IdentityHeaders,
+    /// Every header name the filter sets from an identity (identity headers, `claim_to_headers`,
+    /// `forward_payload_header`): removed from every incoming request so clients cannot forge
+    /// them.
+    pub protected_headers: Vec<String>,
+}
+
+/// Names of the headers the filter sets from a verified identity. Whatever a client sends
+/// under these names is removed first, so services can trust them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityHeaders {
+    /// The token's `sub` claim.
+    pub subject: Option<String>,
+    /// The API-key consumer.
+    pub consumer: Option<String>,
+    /// The name of the provider that authenticated the request.
+    pub provider: Option<String>,
+}
+
+impl Config {
+    /// Parses and prepares a configuration, or returns every error found.
+    pub fn from_json(bytes: &[u8]) -> Result<Config, Vec<ConfigError>> {
+        if bytes.len() > MAX_CONFIG_BYTES {
+            return Err(vec![ConfigError {
+                path: String::new(),
+                reason: format!("configuration is larger than {MAX_CONFIG_BYTES} bytes"),
+            }]);
+        }
+        let doc: Value = serde_json::from_slice(bytes).map_err(|e| {
+            vec![ConfigError {
+                path: String::new(),
+                reason: format!("not valid JSON: {e}"),
+            }]
+        })?;
+        let mut cx = Ctx::default();
+        let config = read_config(&mut cx, &doc);
+        let errors = cx.into_errors();
+        match config {
+            Some(c) if errors.is_empty() => Ok(c),
+            _ => Err(errors),
+        }
+    }
+
+    /// Index of the provider with this name.
+    pub fn provider_index(&self, name: &str) -> Option<usize> {
+        self.providers.iter().position(|p| p.name == name)
+    }
+}
+
+fn read_config(cx: &mut Ctx, doc: &Value) -> Option<Config> {
+    let mut top = Obj::new(cx, doc, "")?;
+    let realm = top.non_empty_str(cx, "realm").unwrap_or("portcullis");
+    if realm.contains(['"', '\\']) || realm.chars().any(char::is_control) {
+        cx.error(
+            "realm",
+            "must not contain quotes, backslashes or control characters",
+        );
+    }
+    let token_cache_entries = top
+        .get("verified_token_cache")
+        .and_then(|v| read_cache(cx, v, "verified_token_cache"))
+        .unwrap_or(DEFAULT_TOKEN_CACHE_ENTRIES);
+    let identity_headers = match top.get("identity_headers") {
+        Some(v) => read_identity_headers(cx, v, "identity_headers"),
+        None => IdentityHeaders::default(),
+    };
+    let providers = match top.get("providers") {
+        Some(v) => provider::read_providers(cx, v, "providers"),
+        None => Vec::new(),
+    };
+    let routes = match top.required(cx, "routes") {
+        Some(v) => route::read_routes(cx, v, "routes", &providers),
+        None => Vec::new(),
+    };
+    top.finish(cx);
+    let protected_headers = protected_headers(&identity_headers, &providers);
+    Some(Config {
+        realm: realm.to_owned(),
+        providers,
+        routes,
+        token_cache_entries,
+        identity_headers,
+        protected_headers,
+    })
+}
+
+fn protected_headers(identity: &IdentityHeaders, providers: &[Provider]) -> Vec<String> {
+    let mut names: Vec<String> = [&identity.subject, &identity.consumer, &identity.provider]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+    for p in providers {
+        if let ProviderKind::Jwt(jwt) = &p.kind {
+            names.extend(jwt.forward_payload_header.iter().cloned());
+            names.extend(jwt.claim_to_headers.iter().map(|c| c.header_name.clone()));
+        }
+    }
+    names.sort_unstable();
+    names.dedup();
+    names
+}
+
+/// Default capacity of the verified-token cache.
+pub const DEFAULT_TOKEN_CACHE_ENTRIES: usize = 1024;
+
+fn read_cache(cx: &mut Ctx, v: &Value, path: &str) -> Option<usize> {
+    let mut o = Obj::new(cx, v, path)?;
+    let n = o.u64(cx, "max_entries", 1_000_000);
+    o.finish(cx);
+    n.and_then(|n| usize::try_from(n).ok())
+}
+
+impl Default for IdentityHeaders {
+    fn default() -> Self {
+        IdentityHeaders {
+            subject: Some("x-portcullis-subject".to_owned()),
+            consumer: Some("x-portcullis-consumer".to_owned()),
+            provider: Some("x-portcullis-provider".to_owned()),
+        }
+    }
+}
+
+fn read_identity_headers(cx: &mut Ctx, v: &Value, path: &str) -> IdentityHeaders {
+    let defaults = IdentityHeaders::default();
+    let Some(mut o) = Obj::new(cx, v, path) else {
+        return defaults;
+    };
+    let mut one = |key: &'static str, default: Option<String>| -> Option<String> {
+        match o.get(key) {
+            None => default,
+            Some(Value::String(s)) if s.is_empty() => None,
+            Some(value) => header_name(cx, value, &reader::child(path, key)),
+        }
+    };
+    let headers = IdentityHeaders {
+        subject: one("subject", defaults.subject),
+        consumer: one("consumer", defaults.consumer),
+        provider: one("provider", defaults.provider),
+    };
+    o.finish(cx);
+    headers
+}
+
+/// Reads an HTTP header name: lower-cased, RFC 9110 token characters only, no pseudo-headers.
+pub fn header_name(cx: &mut Ctx, v: &Value, path: &str) -> Option<String> {
+    let s = reader::as_str(cx, v, path)?;
+    if s.is_empty() {
+        cx.error(path, "header name must not be empty");
+        return None;
+    }
+    let valid = s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if !valid {
+        cx.error(
+            path,
+            format!("{s:?} is not a valid header name (RFC 9110 token characters only)"),
+        );
+        return None;
+    }
+    Some(s.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,393 @@
+//! Identity providers: JWT issuers with their keys, and API-key sets.
+
+use super::header_name;
+use super::reader::{self, Ctx, Obj};
+use crate::jwt::jwk::{self, KeySet};
+use serde_json::Value;
+
+/// A named provider, referred to by routes.
+#[derive(Debug)]
+pub struct Provider {
+    /// The key in the `providers` map.
+    pub name: String,
+    /// Failures of this provider are recorded but never refuse a request.
+    pub shadow: bool,
+    /// What kind of credential it checks.
+    pub kind: ProviderKind,
+}
+
+/// The credential a provider checks.
+#[derive(Debug)]
+pub enum ProviderKind {
+    /// Signed JWTs from one issuer.
+    Jwt(JwtProvider),
+    /// API keys, stored as SHA-256 hashes.
+    ApiKey(ApiKeyProvider),
+}
+
+/// Where a credential is taken from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// A header (lower-case name) whose value starts with `prefix` (compared ASCII
+    /// case-insensitively; empty = the whole value).
+    Header { name: String, prefix: String },
+    /// A query parameter.
+    Param(String),
+    /// A cookie.
+    Cookie(String),
+}
+
+/// Envoy jwt_authn's `JwtProvider`, for inline keys.
+#[derive(Debug)]
+pub struct JwtProvider {
+    /// Exact `iss` required, if set.
+    pub issuer: Option<String>,
+    /// At least one `aud` must be one of these, if set.
+    pub audiences: Vec<String>,
+    /// Verification keys.
+    pub keys: KeySet,
+    /// Where the token is looked for, in order.
+    pub sources: Vec<TokenSource>,
+    /// Keep the token in the request sent upstream.
+    pub forward: bool,
+    /// Header that receives the token's payload (base64url), if set.
+    pub forward_payload_header: Option<String>,
+    /// Claims copied into request headers.
+    pub claim_to_headers: Vec<ClaimToHeader>,
+    /// Tolerance for `exp` and `nbf`.
+    pub clock_skew_seconds: u64,
+    /// Refuse tokens without `exp`.
+    pub require_expiration: bool,
+    /// Longest accepted lifetime (`exp - iat`, or `exp - now` without `iat`).
+    pub max_lifetime_seconds: Option<u64>,
+    /// Claims that must be present (dotted paths for nested claims).
+    pub required_claims: Vec<Vec<String>>,
+}
+
+/// One `claim_to_headers` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimToHeader {
+    /// Lower-case header name.
+    pub header_name: String,
+    /// Claim path, split on `.` for nested claims.
+    pub claim: Vec<String>,
+}
+
+/// A set of API keys, each kept only as a SHA-256 hash.
+#[derive(Debug)]
+pub struct ApiKeyProvider {
+    /// Where the key is looked for, in order.
+    pub sources: Vec<TokenSource>,
+    /// Keep the key in the request sent upstream.
+    pub forward: bool,
+    /// The known keys.
+    pub keys: Vec<ApiKey>,
+}
+
+/// One API key's hash and what it grants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    /// SHA-256 of the key.
+    pub sha256: [u8; 32],
+    /// Who holds it.
+    pub consumer: String,
+    /// The scopes it grants.
+    pub scopes: Vec<String>,
+}
+
+/// Default clock skew for `exp`/`nbf`, as Envoy's jwt_authn.
+pub const DEFAULT_CLOCK_SKEW_SECONDS: u64 = 60;
+
+/// Largest accepted API-key or claim-header value count etc. are bounded by the document size.
+const MAX_SECONDS: u64 = 10 * 365 * 24 * 3600;
+
+pub(super) fn read_providers(cx: &mut Ctx, v: &Value, path: &str) -> Vec<Provider> {
+    let Value::Object(map) = v else {
+        cx.error(
+            path,
+            format!("expected an object, found {}", reader::type_name(v)),
+        );
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (name, value) in map {
+        let p = reader::child(path, name);
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            cx.error(
+                &p,
+                "provider names use letters, digits, '-', '_' and '.' only",
+            );
+            continue;
+        }
+        if let Some(provider) = read_provider(cx, name, value, &p) {
+            out.push(provider);
+        }
+    }
+    out
+}
+
+fn read_provider(cx: &mut Ctx, name: &str, v: &Value, path: &str) -> Option<Provider> {
+    let mut o = Obj::new(cx, v, path)?;
+    let kind_name = o.str(cx, "type").unwrap_or("jwt");
+    let shadow = o.bool(cx, "shadow", false);
+    let kind = match kind_name {
+        "jwt" => read_jwt(cx, &mut o).map(ProviderKind::Jwt),
+        "api_key" => read_api_key(cx, &mut o).map(ProviderKind::ApiKey),
+        other => {
+            cx.error(
+                &o.field_path("type"),
+                format!("unknown provider type {other:?} (expected \"jwt\" or \"api_key\")"),
+            );
+            None
+        }
+    };
+    o.finish(cx);
+    Some(Provider {
+        name: name.to_owned(),
+        shadow,
+        kind: kind?,
+    })
+}
+
+fn read_jwt(cx: &mut Ctx, o: &mut Obj<'_>) -> Option<JwtProvider> {
+    let issuer = o.non_empty_str(cx, "issuer").map(str::to_owned);
+    let audiences = o
+        .str_list(cx, "audiences")
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    let keys = match o.required(cx, "local_jwks") {
+        Some(v) => {
+            let p = o.field_path("local_jwks");
+            let before = cx.error_count();
+            let keys = jwk::read_jwks(cx, v, &p);
+            if keys.is_empty() && cx.error_count() == before {
+                cx.error(&p, "the key set holds no usable key");
+            }
+            keys
+        }
+        None => KeySet::default(),
+    };
+    let mut sources = read_header_sources(cx, o);
+    sources.extend(read_named_sources(cx, o, "from_params", TokenSource::Param));
+    sources.extend(read_named_sources(
+        cx,
+        o,
+        "from_cookies",
+        TokenSource::Cookie,
+    ));
+    if sources.is_empty() {
+        sources.push(TokenSource::Header {
+            name: "authorization".to_owned(),
+            prefix: "Bearer ".to_owned(),
+        });
+    }
+    let forward = o.bool(cx, "forward", false);
+    let forward_payload_header = o
+        .get("forward_payload_header")
+        .and_then(|v| header_name(cx, v, &o.field_path("forward_payload_header")));
+    let claim_to_headers = o
+        .array(cx, "claim_to_headers")
+        .into_iter()
+        .filter_map(|(v, p)| read_claim_to_header(cx, v, &p))
+        .collect();
+    let clock_skew_seconds = o
+        .u64(cx, "clock_skew_seconds", 3600)
+        .unwrap_or(DEFAULT_CLOCK_SKEW_SECONDS);
+    let require_expiration = o.bool(cx, "require_expiration", true);
+    let max_lifetime_seconds = o.u64(cx, "max_lifetime_seconds", MAX_SECONDS);
+    if max_lifetime_seconds == Some(0) {
+        cx.error(&o.field_path("max_lifetime_seconds"), "must be at least 1");
+    }
+    let required_claims = o
+        .array(cx, "required_claims")
+        .into_iter()
+        .filter_map(|(v, p)| claim_path(cx, v, &p))
+        .collect();
+    Some(JwtProvider {
+        issuer,
+        audiences,
+        keys,
+        sources,
+        forward,
+        forward_payload_header,
+        claim_to_headers,
+        clock_skew_seconds,
+        require_expiration,
+        max_lifetime_seconds,
+        required_claims,
+    })
+}
+
+/// Reads a claim name, splitting nested claims on `.` (as Envoy's `claim_to_headers`).
+pub(super) fn claim_path(cx: &mut Ctx, v: &Value, path: &str) -> Option<Vec<String>> {
+    let s = reader::as_str(cx, v, path)?;
+    let parts: Vec<String> = s.split('.').map(str::to_owned).collect();
+    if parts.iter().any(String::is_empty) {
+        cx.error(path, format!("{s:?} is not a claim name (empty segment)"));
+        return None;
+    }
+    Some(parts)
+}
+
+fn read_claim_to_header(cx: &mut Ctx, v: &Value, path: &str) -> Option<ClaimToHeader> {
+    let mut o = Obj::new(cx, v, path)?;
+    let header = o
+        .required(cx, "header_name")
+        .and_then(|v| header_name(cx, v, &o.field_path("header_name")));
+    let claim = o
+        .required(cx, "claim_name")
+        .and_then(|v| claim_path(cx, v, &o.field_path("claim_name")));
+    o.finish(cx);
+    Some(ClaimToHeader {
+        header_name: header?,
+        claim: claim?,
+    })
+}
+
+/// `from_headers: [{name, value_prefix}]` as in Envoy's jwt_authn.
+fn read_header_sources(cx: &mut Ctx, o: &mut Obj<'_>) -> Vec<TokenSource> {
+    o.array(cx, "from_headers")
+        .into_iter()
+        .filter_map(|(v, p)| {
+            let mut h = Obj::new(cx, v, &p)?;
+            let name = h
+                .required(cx, "name")
+                .and_then(|v| header_name(cx, v, &h.field_path("name")));
+            let prefix = h.str(cx, "value_prefix").unwrap_or("").to_owned();
+            h.finish(cx);
+            Some(TokenSource::Header {
+                name: name?,
+                prefix,
+            })
+        })
+        .collect()
+}
+
+fn read_named_sources(
+    cx: &mut Ctx,
+    o: &mut Obj<'_>,
+    key: &'static str,
+    make: fn(String) -> TokenSource,
+) -> Vec<TokenSource> {
+    let path = o.field_path(key);
+    o.str_list(cx, key)
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, s)| {
+            if s.is_empty() || s.contains([';', '=', '&', ' ']) {
+                cx.error(
+                    &reader::index(&path, i),
+                    format!("{s:?} is not a valid name"),
+                );
+                None
+            } else {
+                Some(make(s.to_owned()))
+            }
+        })
+        .collect()
+}
+
+fn read_api_key(cx: &mut Ctx, o: &mut Obj<'_>) -> Option<ApiKeyProvider> {
+    let mut sources: Vec<TokenSource> = o
+        .array(cx, "from_headers")
+        .into_iter()
+        .filter_map(|(v, p)| header_name(cx, v, &p))
+        .map(|name| TokenSource::Header {
+            name,
+            prefix: String::new(),
+        })
+        .collect();
+    sources.extend(read_named_sources(cx, o, "from_params", TokenSource::Param));
+    if sources.is_empty() {
+        sources.push(TokenSource::Header {
+            name: "x-api-key".to_owned(),
+            prefix: String::new(),
+        });
+    }
+    let forward = o.bool(cx, "forward", false);
+    let keys_path = o.field_path("keys");
+    let before = cx.error_count();
+    let mut keys: Vec<ApiKey> = Vec::new();
+    for (v, p) in o.array(cx, "keys") {
+        let Some(key) = read_one_key(cx, v, &p) else {
+            continue;
+        };
+        if keys.iter().any(|k| k.sha256 == key.sha256) {
+            cx.error(&p, "the same key hash appears twice");
+            continue;
+        }
+        keys.push(key);
+    }
+    if keys.is_empty() && cx.error_count() == before {
+        cx.error(&keys_path, "at least one key is required");
+    }
+    Some(ApiKeyProvider {
+        sources,
+        forward,
+        keys,
+    })
+}
+
+fn read_one_key(cx: &mut Ctx, v: &Value, path: &str) -> Option<ApiKey> {
+    let mut o = Obj::new(cx, v, path)?;
+    let consumer = o.required_str(cx, "consumer").map(str::to_owned);
+    if consumer.as_deref() == Some("") {
+        cx.error(&o.field_path("consumer"), "must not be empty");
+    }
+    let sha256 = o
+        .required_str(cx, "sha256")
+        .and_then(|s| parse_sha256_hex(cx, s, &o.field_path("sha256")));
+    let scopes = o
+        .str_list(cx, "scopes")
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    o.finish(cx);
+    Some(ApiKey {
+        sha256: sha256?,
+        consumer: consumer.filter(|c| !c.is_empty())?,
+        scopes,
+    })
+}
+
+/// Parses 64 hex digits (either case) into a SHA-256 digest.
+pub fn parse_sha256_hex(cx: &mut Ctx, s: &str, path: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    let bytes = s.as_bytes();
+    if bytes.len() != 64 {
+        cx.error(
+            path,
+            format!(
+                "expected 64 hex digits (a SHA-256), found {} characters",
+                s.len()
+            ),
+        );
+        return None;
+    }
+    for (slot, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+        let hi = hex_val(pair.first().copied());
+        let lo = hex_val(pair.get(1).copied());
+        match (hi, lo) {
+            (Some(h), Some(l)) => *slot = h << 4 | l,
+            _ => {
+                cx.error(path, "not a hex string");
+                return None;
+            }
+        }
+    }
+    Some(out)
+}
+
+fn hex_val(b: Option<u8>) -> Option<u8> {
+    match b? {
+        b @ b'0'..=b'9' => Some(b - b'0'),
+        b @ b'a'..=b'f' => Some(b - b'a' + 10),
+        b @ b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}

@@ -1,0 +1,345 @@
+//! Routes: what a request must look like to match, and what it then needs to pass.
+
+use super::provider::{Provider, claim_path};
+use super::reader::{self, Ctx, Obj};
+use regex::Regex;
+use serde_json::Value;
+
+/// One route; the first route that matches a request decides it.
+#[derive(Debug)]
+pub struct Route {
+    /// Name for audit records and metrics (defaults to `route-<index>`).
+    pub name: String,
+    /// Hosts (`:authority` without port); empty = any host.
+    pub hosts: Vec<HostMatch>,
+    /// Methods (upper case); empty = any method.
+    pub methods: Vec<String>,
+    /// The path rule (the query string is never part of the match).
+    pub path: PathMatch,
+    /// No authentication at all: credentials are not even looked at.
+    pub public: bool,
+    /// Indexes of the providers that may authenticate the request (any of them).
+    pub requires: Vec<usize>,
+    /// A request without any credential passes anonymously (a bad credential still fails).
+    pub allow_missing: bool,
+    /// Scopes the identity must hold, all of them.
+    pub scopes: Vec<String>,
+    /// Claim rules the identity must satisfy, all of them.
+    pub claims: Vec<ClaimRule>,
+    /// Decide and record, but let refused requests pass.
+    pub shadow: bool,
+}
+
+/// How a host name is matched (as Envoy's virtual host `domains`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    /// `*`.
+    Any,
+    /// `api.example.com` (lower case).
+    Exact(String),
+    /// `*.example.com`: the stored suffix is `.example.com`.
+    Suffix(String),
+}
+
+/// How the path is matched.
+#[derive(Debug, Clone)]
+pub enum PathMatch {
+    /// Every path.
+    Any,
+    /// The whole path.
+    Exact(String),
+    /// A leading part of the path.
+    Prefix(String),
+    /// A regex that must match the whole path (Envoy's `safe_regex`).
+    Regex(Regex),
+}
+
+/// A rule on one claim of the verified identity.
+#[derive(Debug, Clone)]
+pub struct ClaimRule {
+    /// Claim path, split on `.`.
+    pub claim: Vec<String>,
+    /// The test applied to the claim's value (or to any element of an array claim).
+    pub test: ClaimTest,
+}
+
+/// The test a [`ClaimRule`] applies.
+#[derive(Debug, Clone)]
+pub enum ClaimTest {
+    /// Equal to this JSON scalar.
+    Equals(Value),
+    /// Equal to one of these JSON scalars.
+    OneOf(Vec<Value>),
+    /// A string claim that the regex matches in full.
+    Regex(Regex),
+}
+
+/// Longest regex source accepted, and the compiled-size cap that keeps regexes cheap to run.
+const MAX_REGEX_LEN: usize = 1024;
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+pub(super) fn read_routes(
+    cx: &mut Ctx,
+    v: &Value,
+    path: &str,
+    providers: &[Provider],
+) -> Vec<Route> {
+    let Some(items) = reader::as_array(cx, v, path) else {
+        return Vec::new();
+    };
+    if items.is_empty() {
+        cx.error(path, "at least one route is required");
+    }
+    items
+        .iter()
+        .enumerate()
+        .filter_map(|(i, item)| read_route(cx, item, &reader::index(path, i), i, providers))
+        .collect()
+}
+
+fn read_route(
+    cx: &mut Ctx,
+    v: &Value,
+    path: &str,
+    index: usize,
+    providers: &[Provider],
+) -> Option<Route> {
+    let mut o = Obj::new(cx, v, path)?;
+    let name = o
+        .non_empty_str(cx, "name")
+        .map_or_else(|| format!("route-{index}"), str::to_owned);
+    let (hosts, methods, path_match) = match o.get("match") {
+        Some(m) => read_match(cx, m, &o.field_path("match"))?,
+        None => (Vec::new(), Vec::new(), PathMatch::Any),
+    };
+    let public = o.bool(cx, "public", false);
+    let requires_path = o.field_path("requires");
+    let required_names = o.str_list(cx, "requires");
+    let requires: Vec<usize> = required_names
+        .iter()
+        .enumerate()
+        .filter_map(|(i, name)| {
+            let found = providers.iter().position(|p| p.name == *name);
+            if found.is_none() {
+                cx.error(
+                    &reader::index(&requires_path, i),
+                    format!("no provider is named {name:?}"),
+                );
+            }
+            found
+        })
+        .collect();
+    let allow_missing = o.bool(cx, "allow_missing", false);
+    let scopes: Vec<String> = o
+        .str_list(cx, "scopes")
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    let claims: Vec<ClaimRule> = o
+        .array(cx, "claims")
+        .into_iter()
+        .filter_map(|(v, p)| read_claim_rule(cx, v, &p))
+        .collect();
+    let shadow = o.bool(cx, "shadow", false);
+    if public
+        && (!required_names.is_empty() || allow_missing || !scopes.is_empty() || !claims.is_empty())
+    {
+        cx.error(
+            &o.field_path("public"),
+            "a public route cannot also have requires, allow_missing, scopes or claims",
+        );
+    }
+    if !public && required_names.is_empty() {
+        cx.error(
+            &requires_path,
+            "a route must name the providers it requires, or be \"public\": true",
+        );
+    }
+    o.finish(cx);
+    Some(Route {
+        name,
+        hosts,
+        methods,
+        path: path_match,
+        public,
+        requires,
+        allow_missing,
+        scopes,
+        claims,
+        shadow,
+    })
+}
+
+type MatchParts = (Vec<HostMatch>, Vec<String>, PathMatch);
+
+fn read_match(cx: &mut Ctx, v: &Value, path: &str) -> Option<MatchParts> {
+    let mut o = Obj::new(cx, v, path)?;
+    let hosts_path = o.field_path("hosts");
+    let hosts = o
+        .str_list(cx, "hosts")
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, h)| read_host(cx, h, &reader::index(&hosts_path, i)))
+        .collect();
+    let methods_path = o.field_path("methods");
+    let methods = o
+        .str_list(cx, "methods")
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, m)| {
+            if !m.is_empty() && m.bytes().all(|b| b.is_ascii_uppercase()) {
+                Some(m.to_owned())
+            } else {
+                cx.error(
+                    &reader::index(&methods_path, i),
+                    format!("{m:?} is not an upper-case HTTP method"),
+                );
+                None
+            }
+        })
+        .collect();
+    let mut rules = Vec::new();
+    if let Some(p) = o.str(cx, "path") {
+        rules.push(read_literal_path(cx, p, &o.field_path("path")).map(PathMatch::Exact));
+    }
+    if let Some(p) = o.str(cx, "prefix") {
+        rules.push(read_literal_path(cx, p, &o.field_path("prefix")).map(PathMatch::Prefix));
+    }
+    if let Some(r) = o.str(cx, "safe_regex") {
+        rules.push(compile_regex(cx, r, &o.field_path("safe_regex")).map(PathMatch::Regex));
+    }
+    if rules.len() > 1 {
+        cx.error(
+            path,
+            "use only one of \"path\", \"prefix\" and \"safe_regex\"",
+        );
+    }
+    o.finish(cx);
+    let path_match = match rules.pop() {
+        None => PathMatch::Any,
+        Some(rule) => rule?,
+    };
+    Some((hosts, methods, path_match))
+}
+
+fn read_host(cx: &mut Ctx, h: &str, path: &str) -> Option<HostMatch> {
+    let lower = h.to_ascii_lowercase();
+    let valid_chars = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b))
+    };
+    if lower == "*" {
+        Some(HostMatch::Any)
+    } else if let Some(rest) = lower.strip_prefix("*.") {
+        if valid_chars(rest) {
+            Some(HostMatch::Suffix(format!(".{rest}")))
+        } else {
+            cx.error(path, format!("{h:?} is not a host name"));
+            None
+        }
+    } else if valid_chars(&lower) {
+        Some(HostMatch::Exact(lower))
+    } else {
+        cx.error(
+            path,
+            format!("{h:?} is not a host name (\"*\" and \"*.example.com\" are the wildcards)"),
+        );
+        None
+    }
+}
+
+fn read_literal_path(cx: &mut Ctx, p: &str, path: &str) -> Option<String> {
+    if !p.starts_with('/') {
+        cx.error(path, format!("{p:?} must start with '/'"));
+        return None;
+    }
+    if p.contains(['?', '#']) || p.chars().any(char::is_control) {
+        cx.error(
+            path,
+            format!("{p:?} must not contain '?', '#' or control characters"),
+        );
+        return None;
+    }
+    Some(p.to_owned())
+}
+
+/// Compiles a regex that must match a whole value, with bounded size.
+pub fn compile_regex(cx: &mut Ctx, source: &str, path: &str) -> Option<Regex> {
+    if source.len() > MAX_REGEX_LEN {
+        cx.error(
+            path,
+            format!("regex is longer than {MAX_REGEX_LEN} characters"),
+        );
+        return None;
+    }
+    match regex::RegexBuilder::new(&format!("^(?:{source})$"))
+        .size_limit(REGEX_SIZE_LIMIT)
+        .build()
+    {
+        Ok(r) => Some(r),
+        Err(e) => {
+            cx.error(path, format!("invalid regex: {}", one_line(&e.to_string())));
+            None
+        }
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn read_claim_rule(cx: &mut Ctx, v: &Value, path: &str) -> Option<ClaimRule> {
+    let mut o = Obj::new(cx, v, path)?;
+    let claim = o
+        .required(cx, "name")
+        .and_then(|v| claim_path(cx, v, &o.field_path("name")));
+    let mut tests = Vec::new();
+    if let Some(v) = o.get("equals") {
+        tests.push(scalar(cx, v, &o.field_path("equals")).map(ClaimTest::Equals));
+    }
+    if let Some(v) = o.get("one_of") {
+        let p = o.field_path("one_of");
+        let list = reader::as_array(cx, v, &p).map(|items| {
+            items
+                .iter()
+                .enumerate()
+                .filter_map(|(i, item)| scalar(cx, item, &reader::index(&p, i)))
+                .collect::<Vec<_>>()
+        });
+        if list.as_ref().is_some_and(Vec::is_empty) {
+            cx.error(&p, "must list at least one value");
+        }
+        tests.push(list.map(ClaimTest::OneOf));
+    }
+    if let Some(r) = o.str(cx, "regex") {
+        tests.push(compile_regex(cx, r, &o.field_path("regex")).map(ClaimTest::Regex));
+    }
+    if tests.len() != 1 {
+        cx.error(
+            path,
+            "a claim rule needs exactly one of \"equals\", \"one_of\" and \"regex\"",
+        );
+    }
+    o.finish(cx);
+    Some(ClaimRule {
+        claim: claim?,
+        test: tests.pop()??,
+    })
+}
+
+fn scalar(cx: &mut Ctx, v: &Value, path: &str) -> Option<Value> {
+    match v {
+        Value::String(_) | Value::Number(_) | Value::Bool(_) => Some(v.clone()),
+        other => {
+            cx.error(
+                path,
+                format!(
+                    "expected a string, number or boolean, found {}",
+                    reader::type_name(other)
+                ),
+            );
+            None
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! Portcullis: the policy of an API gateway, run by Envoy as a proxy-wasm HTTP filter.
+//!
+//! Everything here but the `wasm` module is plain Rust, tested natively. The configuration is
+//! parsed and prepared once ([`config`]); each request is then decided from its headers by
+//! [`decision::decide`], and the proxy-wasm glue only carries data in and out.
+
+pub mod apikey;
+pub mod audit;
+pub mod cache;
+pub mod config;
+pub mod decision;
+pub mod jwt;
+pub mod reply;
+pub mod request;
+
+#[cfg(target_arch = "wasm32")]
+mod wasm;

@@ -1,0 +1,26 @@
+//! Local replies for refused requests: status, standard headers and a small JSON body.
+
+use crate::decision::Refusal;
+
+/// Headers of a refusal reply (`content-type`, `cache-control`, and `www-authenticate` where the
+/// status calls for it).
+pub fn headers(refusal: &Refusal) -> Vec<(&'static str, String)> {
+    let mut h = vec![
+        ("content-type", "application/json".to_owned()),
+        ("cache-control", "no-store".to_owned()),
+    ];
+    if let Some(c) = &refusal.challenge {
+        h.push(("www-authenticate", c.clone()));
+    }
+    h
+}
+
+/// `{"error": "...", "message": "...", "request_id": "..."}`.
+pub fn body(refusal: &Refusal, request_id: &str) -> String {
+    serde_json::json!({
+        "error": refusal.error,
+        "message": refusal.message,
+        "request_id": request_id,
+    })
+    .to_string()
+}

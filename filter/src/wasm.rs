@@ -1,0 +1,217 @@
+//! The proxy-wasm binding: carries configuration and headers in, decisions out. No policy here.
+//!
+//! One root context per plugin parses the configuration in `on_configure`; it hands each stream
+//! (one HTTP context per request) the prepared [`Config`] and the worker's token cache. All
+//! request headers are read in `on_http_request_headers`, because Envoy serves them only then.
+
+use crate::audit::{self, AuditRecord};
+use crate::cache::TokenCache;
+use crate::config::Config;
+use crate::decision::{self, Decision, HeaderEdit, Verdict};
+use crate::reply;
+use crate::request::Request;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel};
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
+}}
+
+/// Per plugin and worker VM: the prepared configuration and the verified-token cache.
+#[derive(Default)]
+struct Root {
+    config: Option<Rc<Config>>,
+    cache: Rc<RefCell<TokenCache>>,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let Some(bytes) = self.get_plugin_configuration() else {
+            log_error(
+                "portcullis: no plugin configuration (set `configuration` in the wasm filter)",
+            );
+            return false;
+        };
+        match Config::from_json(&bytes) {
+            Ok(config) => {
+                self.cache = Rc::new(RefCell::new(TokenCache::new(config.token_cache_entries)));
+                log_info(&format!(
+                    "portcullis: configured {} route(s), {} provider(s)",
+                    config.routes.len(),
+                    config.providers.len()
+                ));
+                self.config = Some(Rc::new(config));
+                true
+            }
+            Err(errors) => {
+                let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                log_error(&format!(
+                    "portcullis: invalid configuration ({} error(s)): {}",
+                    list.len(),
+                    list.join("; ")
+                ));
+                false
+            }
+        }
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let config = Rc::clone(self.config.as_ref()?);
+        Some(Box::new(Stream {
+            context_id,
+            config,
+            cache: Rc::clone(&self.cache),
+            seen: None,
+            status: None,
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+/// What one stream keeps from its header phase for the audit line.
+struct Seen {
+    request_id: String,
+    method: String,
+    path: String,
+    client_ip: Option<String>,
+    decision: Decision,
+    latency_us: u64,
+}
+
+struct Stream {
+    context_id: u32,
+    config: Rc<Config>,
+    cache: Rc<RefCell<TokenCache>>,
+    seen: Option<Seen>,
+    status: Option<u16>,
+}
+
+impl Context for Stream {}
+
+impl HttpContext for Stream {
+    fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        let started = Instant::now();
+        let headers = self.get_http_request_headers();
+        let req = Request::new(&headers);
+        let now = unix_nanos(self.get_current_time());
+        let decision = {
+            let mut cache = self.cache.borrow_mut();
+            decision::decide(&self.config, &mut cache, &req, now / 1_000_000_000)
+        };
+        let request_id = req
+            .header("x-request-id")
+            .map_or_else(|| format!("{now:x}-{:x}", self.context_id), str::to_owned);
+        let action = match &decision.verdict {
+            Verdict::Refuse(refusal) if !refusal.shadow => {
+                let body = reply::body(refusal, &request_id);
+                let headers = reply::headers(refusal);
+                let pairs: Vec<(&str, &str)> =
+                    headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                self.send_http_response(u32::from(refusal.status), pairs, Some(body.as_bytes()));
+                self.status = Some(refusal.status);
+                Action::Pause
+            }
+            _ => {
+                for edit in &decision.edits {
+                    match edit {
+                        HeaderEdit::Remove(name) => self.set_http_request_header(name, None),
+                        HeaderEdit::Set(name, value) => {
+                            self.set_http_request_header(name, Some(value))
+                        }
+                    }
+                }
+                Action::Continue
+            }
+        };
+        self.seen = Some(Seen {
+            request_id,
+            method: req.method().to_owned(),
+            path: req.path().to_owned(),
+            client_ip: self.client_ip(),
+            decision,
+            latency_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        });
+        action
+    }
+
+    fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        if self.status.is_none() {
+            self.status = self
+                .get_http_response_header(":status")
+                .and_then(|s| s.parse().ok());
+        }
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        let Some(seen) = &self.seen else {
+            return;
+        };
+        let d = &seen.decision;
+        let config = &self.config;
+        let route = d
+            .route
+            .and_then(|i| config.routes.get(i))
+            .map(|r| r.name.as_str());
+        let identity = d.identity.as_ref();
+        let record = AuditRecord {
+            time: audit::rfc3339(unix_nanos(self.get_current_time())),
+            request_id: &seen.request_id,
+            route,
+            method: &seen.method,
+            path: &seen.path,
+            client_ip: seen.client_ip.as_deref(),
+            provider: identity
+                .and_then(|i| config.providers.get(i.provider))
+                .map(|p| p.name.as_str()),
+            subject: identity.and_then(|i| i.subject()),
+            consumer: identity.and_then(|i| i.consumer(config)),
+            decision: match &d.verdict {
+                Verdict::Allow => "allow",
+                Verdict::Refuse(r) if r.shadow => "shadow_deny",
+                Verdict::Refuse(_) => "deny",
+            },
+            reason: d.reason,
+            rule: d.rule.as_deref(),
+            status: self.status,
+            filter_latency_us: seen.latency_us,
+        };
+        log_info(&record.to_json());
+    }
+}
+
+impl Stream {
+    /// `source.address` without its port (`1.2.3.4:5678`, `[::1]:5678`).
+    fn client_ip(&self) -> Option<String> {
+        let raw = self.get_property(vec!["source", "address"])?;
+        let text = String::from_utf8(raw).ok()?;
+        let ip = match text.strip_prefix('[') {
+            Some(rest) => rest.split(']').next().unwrap_or(rest),
+            None => text.rsplit_once(':').map_or(text.as_str(), |(ip, _)| ip),
+        };
+        Some(ip.to_owned())
+    }
+}
+
+fn unix_nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn log_info(msg: &str) {
+    let _ = proxy_wasm::hostcalls::log(LogLevel::Info, msg);
+}
+
+fn log_error(msg: &str) {
+    let _ = proxy_wasm::hostcalls::log(LogLevel::Error, msg);
+}
