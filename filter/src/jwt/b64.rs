@@ -66,6 +66,12 @@ pub fn encode(bytes: impl AsRef<[u8]>) -> String {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 mod tests {
     use super::*;
     use proptest::prelude::*;

@@ -115,6 +115,9 @@ impl Jwk {
                 .is_ok_and(|sig| vk.verify(signing_input, &sig).is_ok()),
             (Key::P521(vk), A::ES512) => p521::ecdsa::Signature::from_slice(signature)
                 .is_ok_and(|sig| vk.verify(signing_input, &sig).is_ok()),
+            // `verify_strict` also refuses small-order R (and keys, refused at configure time
+            // anyway): no malleable or key-independent signatures. It accepts every valid
+            // Wycheproof Ed25519 vector, so strictness costs no interoperability.
             (Key::Ed25519(vk), A::EdDSA) => ed25519_dalek::Signature::from_slice(signature)
                 .is_ok_and(|sig| vk.verify_strict(signing_input, &sig).is_ok()),
             // `alg` is a public field: a caller that re-pins a key to another family gets a
@@ -677,5 +680,739 @@ fn quoted(s: &str) -> String {
     format!("{s:?}")
 }
 
+/// Test keys (`tests/keys/`, test-only) and token minting, shared by the jwt unit tests.
 #[cfg(test)]
-mod tests {}
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+pub(crate) mod test_support {
+    use super::*;
+    use crate::jwt::b64;
+    use ed25519_dalek::pkcs8::DecodePrivateKey as _;
+    use p256::ecdsa::signature::Signer as _;
+    use std::sync::OnceLock;
+
+    pub(crate) const JWKS: &str = include_str!("../../tests/keys/jwks.json");
+    pub(crate) const RSA_PRIVATE: &str = include_str!("../../tests/keys/rsa1.private.pem");
+    pub(crate) const RSA_PUBLIC: &str = include_str!("../../tests/keys/rsa1.public.pem");
+    const EC256: &str = include_str!("../../tests/keys/ec256.private.pem");
+    const EC384: &str = include_str!("../../tests/keys/ec384.private.pem");
+    const EC521: &str = include_str!("../../tests/keys/ec521.private.pem");
+    const ED1: &str = include_str!("../../tests/keys/ed1.private.pem");
+    /// Secret for the HS384/HS512 test keys (64 bytes; HS384 uses the first 48).
+    pub(crate) const LONG_SECRET: [u8; 64] = [7; 64];
+
+    pub(crate) fn jwks_json() -> Value {
+        serde_json::from_str(JWKS).unwrap()
+    }
+
+    /// The committed test key set, read through the real reader.
+    pub(crate) fn test_keys() -> KeySet {
+        let mut cx = Ctx::default();
+        let set = read_jwks(&mut cx, &jwks_json(), "jwks");
+        assert_eq!(cx.into_errors(), vec![]);
+        set
+    }
+
+    pub(crate) fn key(kid: &str) -> Jwk {
+        test_keys().candidates(Some(kid)).next().unwrap().clone()
+    }
+
+    /// Reads one JWK, panicking with the errors if it is refused.
+    pub(crate) fn jwk(value: Value) -> Jwk {
+        let mut cx = Ctx::default();
+        let key = read_jwk(&mut cx, &value, "k");
+        assert_eq!(cx.into_errors(), vec![]);
+        key.unwrap()
+    }
+
+    /// The test RSA key with another pinned algorithm.
+    pub(crate) fn rsa_with(alg: Algorithm) -> Jwk {
+        let mut v = jwks_json()["keys"][0].clone();
+        v["alg"] = Value::from(alg.name());
+        jwk(v)
+    }
+
+    pub(crate) fn hmac_with(alg: Algorithm) -> Jwk {
+        let len = if alg == Algorithm::HS384 { 48 } else { 64 };
+        jwk(serde_json::json!({
+            "kty": "oct", "alg": alg.name(), "k": b64::encode(&LONG_SECRET[..len])
+        }))
+    }
+
+    pub(crate) fn hs1_secret() -> Vec<u8> {
+        b64::decode(jwks_json()["keys"][5]["k"].as_str().unwrap()).unwrap()
+    }
+
+    fn rsa_private() -> &'static rsa::PrivateKey {
+        static KEY: OnceLock<rsa::PrivateKey> = OnceLock::new();
+        KEY.get_or_init(|| rsa::PrivateKey::from_pkcs8_pem(RSA_PRIVATE).unwrap())
+    }
+
+    pub(crate) fn hmac(alg: Algorithm, secret: &[u8], input: &[u8]) -> Vec<u8> {
+        fn run<M: Mac + KeyInit>(secret: &[u8], input: &[u8]) -> Vec<u8> {
+            let mut mac = <M as KeyInit>::new_from_slice(secret).unwrap();
+            mac.update(input);
+            mac.finalize().into_bytes().to_vec()
+        }
+        match alg {
+            Algorithm::HS256 => run::<Hmac<Sha256>>(secret, input),
+            Algorithm::HS384 => run::<Hmac<Sha384>>(secret, input),
+            Algorithm::HS512 => run::<Hmac<Sha512>>(secret, input),
+            other => panic!("{other} is not HMAC"),
+        }
+    }
+
+    /// Signs with the test key of `alg`'s family (`hs1` for HS256, `LONG_SECRET` for HS384/512).
+    pub(crate) fn sign(alg: Algorithm, input: &[u8]) -> Vec<u8> {
+        use Algorithm as A;
+        let rsa = rsa_private();
+        match alg {
+            A::HS256 => hmac(alg, &hs1_secret(), input),
+            A::HS384 => hmac(alg, &LONG_SECRET[..48], input),
+            A::HS512 => hmac(alg, &LONG_SECRET, input),
+            A::RS256 => rsa.pkcs1v15_sign::<Sha256>(input).unwrap(),
+            A::RS384 => rsa.pkcs1v15_sign::<Sha384>(input).unwrap(),
+            A::RS512 => rsa.pkcs1v15_sign::<Sha512>(input).unwrap(),
+            A::PS256 => rsa.pss_sign::<Sha256>(input).unwrap(),
+            A::PS384 => rsa.pss_sign::<Sha384>(input).unwrap(),
+            A::PS512 => rsa.pss_sign::<Sha512>(input).unwrap(),
+            A::ES256 => {
+                let sk = p256::ecdsa::SigningKey::from_pkcs8_pem(EC256).unwrap();
+                let sig: p256::ecdsa::Signature = sk.sign(input);
+                sig.to_bytes().to_vec()
+            }
+            A::ES384 => {
+                let sk = p384::ecdsa::SigningKey::from_pkcs8_pem(EC384).unwrap();
+                let sig: p384::ecdsa::Signature = sk.sign(input);
+                sig.to_bytes().to_vec()
+            }
+            A::ES512 => {
+                let sk = p521::ecdsa::SigningKey::from_pkcs8_pem(EC521).unwrap();
+                let sig: p521::ecdsa::Signature = sk.sign(input);
+                sig.to_bytes().to_vec()
+            }
+            A::EdDSA => {
+                let sk = ed25519_dalek::SigningKey::from_pkcs8_pem(ED1).unwrap();
+                sk.sign(input).to_bytes().to_vec()
+            }
+        }
+    }
+
+    /// The same ES256 signature, DER-encoded (as JWS must not carry it).
+    pub(crate) fn es256_der(input: &[u8]) -> Vec<u8> {
+        let sk = p256::ecdsa::SigningKey::from_pkcs8_pem(EC256).unwrap();
+        let sig: p256::ecdsa::Signature = sk.sign(input);
+        sig.to_der().as_bytes().to_vec()
+    }
+
+    /// A compact JWS over `header` (JSON text) and `payload`, signed with `sig(input)`.
+    pub(crate) fn token_with(
+        header: &str,
+        payload: &[u8],
+        sig: impl FnOnce(&[u8]) -> Vec<u8>,
+    ) -> String {
+        let input = format!("{}.{}", b64::encode(header), b64::encode(payload));
+        let signature = sig(input.as_bytes());
+        format!("{input}.{}", b64::encode(signature))
+    }
+
+    /// A compact JWS signed with the test key of `alg`.
+    pub(crate) fn token(header: &str, payload: &[u8], alg: Algorithm) -> String {
+        token_with(header, payload, |input| sign(alg, input))
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+mod tests {
+    use super::test_support::*;
+    use super::*;
+    use serde_json::json;
+
+    /// Reads one JWK; returns it or the error texts.
+    fn read(value: Value) -> Result<Jwk, Vec<String>> {
+        let mut cx = Ctx::default();
+        let key = read_jwk(&mut cx, &value, "providers.corp.local_jwks.keys[1]");
+        let errors: Vec<String> = cx.into_errors().iter().map(|e| e.to_string()).collect();
+        match key {
+            Some(k) if errors.is_empty() => Ok(k),
+            Some(_) => panic!("key returned despite errors: {errors:?}"),
+            None => {
+                assert!(!errors.is_empty(), "refused without an error");
+                Err(errors)
+            }
+        }
+    }
+
+    /// Asserts the JWK is refused with an error containing `needle`.
+    #[track_caller]
+    fn refused(value: Value, needle: &str) {
+        match read(value) {
+            Ok(k) => panic!("accepted {k:?}; expected an error with {needle:?}"),
+            Err(errors) => assert!(
+                errors.iter().any(|e| e.contains(needle)),
+                "{errors:?} does not mention {needle:?}"
+            ),
+        }
+    }
+
+    fn rsa_json() -> Value {
+        jwks_json()["keys"][0].clone()
+    }
+
+    fn ec_json(i: usize) -> Value {
+        jwks_json()["keys"][i].clone()
+    }
+
+    fn ed_json() -> Value {
+        jwks_json()["keys"][4].clone()
+    }
+
+    fn without(mut v: Value, key: &str) -> Value {
+        v.as_object_mut().unwrap().remove(key);
+        v
+    }
+
+    fn with(mut v: Value, key: &str, value: Value) -> Value {
+        v[key] = value;
+        v
+    }
+
+    fn oct(len: usize, alg: Option<&str>) -> Value {
+        let mut v = json!({"kty": "oct", "k": b64::encode(vec![0x5a; len])});
+        if let Some(alg) = alg {
+            v["alg"] = json!(alg);
+        }
+        v
+    }
+
+    #[test]
+    fn the_test_key_set_reads_cleanly() {
+        let keys = test_keys();
+        assert_eq!(keys.len(), 6);
+        let summary: Vec<(Option<&str>, Algorithm, &str)> = keys
+            .iter()
+            .map(|k| (k.kid.as_deref(), k.alg, k.kty()))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                (Some("rsa1"), Algorithm::RS256, "RSA"),
+                (Some("ec256"), Algorithm::ES256, "EC"),
+                (Some("ec384"), Algorithm::ES384, "EC"),
+                (Some("ec521"), Algorithm::ES512, "EC"),
+                (Some("ed1"), Algorithm::EdDSA, "OKP"),
+                (Some("hs1"), Algorithm::HS256, "oct"),
+            ]
+        );
+        assert!(key("hs1").is_symmetric());
+        assert!(!key("rsa1").is_symmetric());
+    }
+
+    #[test]
+    fn every_algorithm_verifies_and_detects_tampering() {
+        use Algorithm as A;
+        let keys: Vec<Jwk> = vec![
+            key("hs1"),
+            hmac_with(A::HS384),
+            hmac_with(A::HS512),
+            key("rsa1"),
+            rsa_with(A::RS384),
+            rsa_with(A::RS512),
+            rsa_with(A::PS256),
+            rsa_with(A::PS384),
+            rsa_with(A::PS512),
+            key("ec256"),
+            key("ec384"),
+            key("ec521"),
+            key("ed1"),
+        ];
+        for k in &keys {
+            let input = b"eyJhbGciOiJ4In0.eyJzdWIiOiJhIn0";
+            let sig = sign(k.alg, input);
+            assert_eq!(k.verify(input, &sig), Ok(()), "{:?}", k.alg);
+            assert_eq!(
+                k.verify(b"eyJhbGciOiJ4In0.eyJzdWIiOiJiIn0", &sig),
+                Err(JwtError::BadSignature),
+                "{:?} tampered input",
+                k.alg
+            );
+            let mut flipped = sig.clone();
+            if let Some(last) = flipped.last_mut() {
+                *last ^= 1;
+            }
+            assert_eq!(k.verify(input, &flipped), Err(JwtError::BadSignature));
+            assert_eq!(k.verify(input, &[]), Err(JwtError::BadSignature));
+            let mut longer = sig.clone();
+            longer.push(0);
+            assert_eq!(k.verify(input, &longer), Err(JwtError::BadSignature));
+            assert_eq!(
+                k.verify(input, sig.get(..sig.len() - 1).unwrap()),
+                Err(JwtError::BadSignature)
+            );
+        }
+    }
+
+    #[test]
+    fn a_key_repinned_to_another_family_refuses() {
+        let mut k = key("rsa1");
+        let input = b"a.b";
+        k.alg = Algorithm::HS256;
+        let forged = hmac(Algorithm::HS256, RSA_PUBLIC.as_bytes(), input);
+        assert_eq!(k.verify(input, &forged), Err(JwtError::AlgMismatch));
+        let mut k = key("hs1");
+        k.alg = Algorithm::HS512;
+        assert_eq!(k.verify(input, &[0; 64]), Err(JwtError::AlgMismatch));
+        let mut k = key("ec256");
+        k.alg = Algorithm::ES384;
+        assert_eq!(k.verify(input, &[1; 96]), Err(JwtError::AlgMismatch));
+    }
+
+    #[test]
+    fn ecdsa_accepts_only_fixed_size_nonzero_r_and_s() {
+        let k = key("ec256");
+        let input = b"header.payload";
+        // DER-encoded signatures (what OpenSSL and Java produce) are not JWS.
+        assert_eq!(
+            k.verify(input, &es256_der(input)),
+            Err(JwtError::BadSignature)
+        );
+        let good = sign(Algorithm::ES256, input);
+        let (r, s) = good.split_at(32);
+        let zero = [0u8; 32];
+        for sig in [
+            [zero, zero].concat(),
+            [r, &zero].concat(),
+            [&zero, s].concat(),
+            vec![0xff; 64], // r, s >= n
+        ] {
+            assert_eq!(k.verify(input, &sig), Err(JwtError::BadSignature));
+        }
+        assert_eq!(k.verify(input, &good), Ok(()));
+    }
+
+    #[test]
+    fn keys_without_alg_are_pinned_by_type() {
+        let pins = [
+            (without(rsa_json(), "alg"), Algorithm::RS256),
+            (without(ec_json(1), "alg"), Algorithm::ES256),
+            (without(ec_json(2), "alg"), Algorithm::ES384),
+            (without(ec_json(3), "alg"), Algorithm::ES512),
+            (without(ed_json(), "alg"), Algorithm::EdDSA),
+            (oct(32, None), Algorithm::HS256),
+        ];
+        for (v, alg) in pins {
+            assert_eq!(read(v).unwrap().alg, alg);
+        }
+        // Other algorithms need an explicit alg.
+        assert_eq!(read(oct(64, Some("HS512"))).unwrap().alg, Algorithm::HS512);
+        let ps = with(rsa_json(), "alg", json!("PS256"));
+        assert_eq!(read(ps).unwrap().alg, Algorithm::PS256);
+    }
+
+    #[test]
+    fn alg_must_fit_the_key() {
+        for (v, alg) in [
+            (rsa_json(), "HS256"),
+            (rsa_json(), "ES256"),
+            (rsa_json(), "EdDSA"),
+            (ec_json(1), "ES384"),
+            (ec_json(1), "ES512"),
+            (ec_json(2), "ES256"),
+            (ec_json(3), "ES384"),
+            (ec_json(1), "RS256"),
+            (ec_json(1), "HS256"),
+            (ed_json(), "ES256"),
+            (ed_json(), "HS256"),
+            (oct(64, None), "RS256"),
+            (oct(64, None), "PS256"),
+            (oct(64, None), "ES256"),
+            (oct(64, None), "EdDSA"),
+        ] {
+            refused(with(v, "alg", json!(alg)), "cannot be used with");
+        }
+        for alg in [
+            "ES521", "ES224", "A256GCM", "A256KW", "none", "RSA1_5", "hs256",
+        ] {
+            refused(
+                with(oct(64, None), "alg", json!(alg)),
+                "unsupported signature algorithm",
+            );
+        }
+        refused(
+            with(rsa_json(), "alg", json!(256)),
+            "keys[1].alg: expected a string",
+        );
+    }
+
+    #[test]
+    fn errors_carry_the_json_path() {
+        let v = with(rsa_json(), "n", json!("AQAB="));
+        assert_eq!(
+            read(v).unwrap_err(),
+            vec![
+                "providers.corp.local_jwks.keys[1].n: not base64url (unpadded, URL-safe alphabet, canonical)"
+            ]
+        );
+    }
+
+    #[test]
+    fn base64url_in_keys_is_strict() {
+        let n = rsa_json()["n"].as_str().unwrap().to_owned();
+        for bad in [
+            format!("{n}="),
+            n.replace('-', "+").replace('_', "/"),
+            format!(" {n}"),
+            format!("{n}\n"),
+        ] {
+            if bad != n {
+                refused(
+                    with(rsa_json(), "n", json!(bad)),
+                    "keys[1].n: not base64url",
+                );
+            }
+        }
+        // Three characters carry 18 bits for 2 bytes: the last 2 bits must be zero.
+        refused(
+            with(rsa_json(), "e", json!("AQB")),
+            "keys[1].e: not base64url",
+        );
+        refused(
+            with(ed_json(), "x", json!(123)),
+            "keys[1].x: expected a string",
+        );
+        // A 32-byte key is 43 characters; setting an unused low bit of the last one.
+        const ALPHABET: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let k = oct(32, None)["k"].as_str().unwrap().to_owned();
+        let (head, last) = k.split_at(k.len() - 1);
+        let value = ALPHABET.find(last).unwrap();
+        assert_eq!(value & 3, 0);
+        let non_canonical = format!("{head}{}", &ALPHABET[value + 1..value + 2]);
+        refused(
+            with(oct(32, None), "k", json!(non_canonical)),
+            "keys[1].k: not base64url",
+        );
+    }
+
+    #[test]
+    fn rsa_keys_are_checked() {
+        // Private keys do not belong in the configuration.
+        for member in ["d", "p", "q", "dp", "dq", "qi", "oth"] {
+            refused(
+                with(rsa_json(), member, json!("AQAB")),
+                "this is a private key",
+            );
+        }
+        // Too small: a 1024-bit modulus (Wycheproof's keysize_too_small vector).
+        let small = "rJBIp6T1YK-RtPyvYqFFlcucqewSAA_IReSFchE8qyiQrbARqRlXWkB2DR8j_pJQnIpYELbQWZC5Cd0PTGAU8rMbar2AW6zpmBbi7aQf17lUBdt8XI9M9rq7FPVQ1dDdUXm1SVH_9qqWhvMPR422SbfHBEzCAtzK0ANDRo6qz78";
+        refused(
+            with(rsa_json(), "n", json!(small)),
+            "has 1024 bits; at least 2048",
+        );
+        // Too large: 8200 bits.
+        let mut huge = vec![0xff; 1025];
+        huge[0] = 0x01;
+        refused(
+            with(rsa_json(), "n", json!(b64::encode(&huge))),
+            "at most 8192 are supported",
+        );
+        // Even modulus, bad exponents.
+        let mut n = b64::decode(rsa_json()["n"].as_str().unwrap()).unwrap();
+        *n.last_mut().unwrap() &= 0xfe;
+        refused(
+            with(rsa_json(), "n", json!(b64::encode(&n))),
+            "not a usable RSA public key",
+        );
+        for e in ["AQ", "Ag", "AQAA", "AA"] {
+            refused(with(rsa_json(), "e", json!(e)), "keys[1]");
+        }
+        refused(
+            with(rsa_json(), "e", json!(b64::encode([1u8; 9]))),
+            "public exponent is out of range",
+        );
+        refused(
+            without(rsa_json(), "n"),
+            "keys[1].n: required field is missing",
+        );
+        refused(
+            without(rsa_json(), "e"),
+            "keys[1].e: required field is missing",
+        );
+        // EC members on an RSA key are unknown members.
+        refused(
+            with(rsa_json(), "crv", json!("P-256")),
+            "keys[1].crv: unknown field",
+        );
+        // A leading zero octet is tolerated: same integer.
+        let mut padded = vec![0u8];
+        padded.extend(b64::decode(rsa_json()["n"].as_str().unwrap()).unwrap());
+        let k = read(with(rsa_json(), "n", json!(b64::encode(&padded)))).unwrap();
+        let sig = sign(Algorithm::RS256, b"x.y");
+        assert_eq!(k.verify(b"x.y", &sig), Ok(()));
+    }
+
+    #[test]
+    fn roca_keys_are_refused() {
+        // Wycheproof's jws_rsa_roca_key modulus.
+        let roca = "AanFpofbj7KjD4Lf-N2hVMKR7yewSyXhhbirIMTGpfYEhZ_lnt5UoK98DnKIgArXGTu3MaW_HhFw16HGaTDUHqPrId7fe4r11CqRw09yBFuW79V8sYIwHdzCaWflUI6auImYbVfoN9_nD5n8N8SY9DwXw7mwZM9wREPXoDPgOoIWl6q_MPsp7n0zs3Z5ZaiQWOOzl1S9OhwAfSiiOwz6efnXEaxuTEtPd7BjSx7NaFka8Dx9U7YqXy2RFj1O9PjyaDGuRh7YXsX3iMUSP_wSyHQg_c_qHRtKUsNSGCT7OZg0hzm2KphtjnayKJvC64vAbROBR4Ubg6Bxg9IQVZ-QYyE";
+        refused(with(rsa_json(), "n", json!(roca)), "ROCA");
+        assert!(!has_roca_fingerprint(
+            &b64::decode(rsa_json()["n"].as_str().unwrap()).unwrap()
+        ));
+        assert!(is_power_of_65537(1, 3) && !is_power_of_65537(0, 3));
+    }
+
+    #[test]
+    fn ec_keys_are_checked() {
+        refused(
+            with(ec_json(1), "d", json!("AQAB")),
+            "this is a private key",
+        );
+        refused(
+            with(ec_json(1), "crv", json!("secp256k1")),
+            "unsupported curve",
+        );
+        refused(
+            with(ec_json(1), "crv", json!("P-384")),
+            "keys[1].x: a P-384 coordinate is 48 bytes, found 32",
+        );
+        refused(
+            without(ec_json(1), "y"),
+            "keys[1].y: required field is missing",
+        );
+        refused(
+            without(ec_json(1), "crv"),
+            "keys[1].crv: required field is missing",
+        );
+        // Off the curve: change y.
+        let mut y = b64::decode(ec_json(1)["y"].as_str().unwrap()).unwrap();
+        y[31] ^= 1;
+        refused(
+            with(ec_json(1), "y", json!(b64::encode(&y))),
+            "not on the curve P-256",
+        );
+        // A coordinate >= p is not a field element.
+        refused(
+            with(ec_json(1), "x", json!(b64::encode([0xff; 32]))),
+            "not on the curve",
+        );
+        // Compressed or leading-zero-stripped coordinates have the wrong length.
+        let x = b64::decode(ec_json(3)["x"].as_str().unwrap()).unwrap();
+        refused(
+            with(ec_json(3), "x", json!(b64::encode(&x[1..]))),
+            "a P-521 coordinate is 66 bytes, found 65",
+        );
+        refused(
+            with(ec_json(1), "n", json!("AQAB")),
+            "keys[1].n: unknown field",
+        );
+    }
+
+    #[test]
+    fn okp_keys_are_checked() {
+        refused(with(ed_json(), "d", json!("AQAB")), "this is a private key");
+        for crv in ["Ed448", "X25519", "X448", "ed25519"] {
+            refused(with(ed_json(), "crv", json!(crv)), "unsupported curve");
+        }
+        refused(
+            with(ed_json(), "x", json!(b64::encode([9u8; 31]))),
+            "an Ed25519 public key is 32 bytes, found 31",
+        );
+        // The identity (y = 1) has small order.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        refused(
+            with(ed_json(), "x", json!(b64::encode(identity))),
+            "small order",
+        );
+        // y = 2 is not the y of any curve point.
+        let mut not_a_point = [0u8; 32];
+        not_a_point[0] = 2;
+        refused(
+            with(ed_json(), "x", json!(b64::encode(not_a_point))),
+            "not a valid Ed25519 public key",
+        );
+    }
+
+    #[test]
+    fn hmac_keys_are_checked() {
+        refused(json!({"kty": "oct", "k": ""}), "the HMAC key is empty");
+        refused(oct(31, None), "at least 32 bytes (RFC 7518 §3.2), found 31");
+        refused(oct(47, Some("HS384")), "at least 48 bytes");
+        refused(oct(63, Some("HS512")), "at least 64 bytes");
+        assert!(read(oct(32, None)).is_ok());
+        assert!(read(oct(48, Some("HS384"))).is_ok());
+        assert!(read(oct(100, Some("HS512"))).is_ok());
+        refused(
+            json!({"kty": "oct"}),
+            "keys[1].k: required field is missing",
+        );
+    }
+
+    #[test]
+    fn use_key_ops_and_certificate_members() {
+        refused(with(rsa_json(), "use", json!("enc")), "only \"sig\" keys");
+        refused(
+            with(rsa_json(), "key_ops", json!(["encrypt"])),
+            "does not include \"verify\"",
+        );
+        refused(
+            with(rsa_json(), "key_ops", json!([])),
+            "does not include \"verify\"",
+        );
+        refused(
+            with(rsa_json(), "key_ops", json!("verify")),
+            "expected an array",
+        );
+        assert!(read(with(rsa_json(), "key_ops", json!(["sign", "verify"]))).is_ok());
+        let mut v = rsa_json();
+        v["x5c"] = json!(["MIIB"]);
+        v["x5t"] = json!("abc");
+        v["x5t#S256"] = json!("abc");
+        v["x5u"] = json!("https://example.com/cert.pem");
+        assert!(read(v).is_ok());
+        refused(
+            with(rsa_json(), "x5c", json!("MIIB")),
+            "keys[1].x5c: expected an array",
+        );
+        refused(
+            with(rsa_json(), "ext", json!(true)),
+            "keys[1].ext: unknown field",
+        );
+        refused(
+            with(rsa_json(), "kid", json!("")),
+            "keys[1].kid: must not be empty",
+        );
+    }
+
+    #[test]
+    fn kty_is_required_and_known() {
+        refused(
+            without(rsa_json(), "kty"),
+            "keys[1].kty: required field is missing",
+        );
+        refused(
+            with(rsa_json(), "kty", json!("rsa")),
+            "unsupported key type \"rsa\"",
+        );
+        refused(with(rsa_json(), "kty", json!(["RSA"])), "expected a string");
+        refused(json!("RSA"), "keys[1]: expected an object");
+        // An unknown kty yields one error, not one per member.
+        let errors = read(with(rsa_json(), "kty", json!("EC2"))).unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+    }
+
+    #[test]
+    fn error_messages_never_contain_key_material() {
+        let secret = b64::encode([0x41; 31]);
+        let errors = read(json!({"kty": "oct", "k": secret.clone()})).unwrap_err();
+        assert!(errors.iter().all(|e| !e.contains(&secret)));
+        let debug = format!("{:?}", key("hs1"));
+        let k = jwks_json()["keys"][5]["k"].as_str().unwrap().to_owned();
+        assert!(!debug.contains(&k), "{debug}");
+        assert!(debug.contains("hs1") && debug.contains("HS256"));
+    }
+
+    fn read_set(value: Value) -> (KeySet, Vec<String>) {
+        let mut cx = Ctx::default();
+        let set = read_jwks(&mut cx, &value, "providers.corp.local_jwks");
+        (
+            set,
+            cx.into_errors().iter().map(|e| e.to_string()).collect(),
+        )
+    }
+
+    #[test]
+    fn key_sets_report_each_bad_key_and_keep_the_rest() {
+        let mut doc = jwks_json();
+        doc["keys"][1]["y"] = json!("AQAB=");
+        doc["keys"][4]["use"] = json!("enc");
+        let (set, errors) = read_set(doc);
+        assert_eq!(set.len(), 4);
+        assert_eq!(
+            errors,
+            vec![
+                "providers.corp.local_jwks.keys[1].y: not base64url (unpadded, URL-safe alphabet, canonical)",
+                "providers.corp.local_jwks.keys[4].use: key use is \"enc\"; only \"sig\" keys can verify tokens",
+            ]
+        );
+    }
+
+    #[test]
+    fn key_set_shape_is_strict() {
+        assert_eq!(
+            read_set(json!([])).1,
+            vec!["providers.corp.local_jwks: expected an object, found an array"]
+        );
+        assert_eq!(
+            read_set(json!({})).1,
+            vec!["providers.corp.local_jwks.keys: required field is missing"]
+        );
+        assert_eq!(
+            read_set(json!({"keys": []})).1,
+            vec!["providers.corp.local_jwks.keys: a key set needs at least one key"]
+        );
+        assert_eq!(
+            read_set(json!({"keys": {}})).1,
+            vec!["providers.corp.local_jwks.keys: expected an array, found an object"]
+        );
+        let mut doc = jwks_json();
+        doc["extra"] = json!(1);
+        assert_eq!(
+            read_set(doc).1,
+            vec!["providers.corp.local_jwks.extra: unknown field (expected one of: keys)"]
+        );
+    }
+
+    #[test]
+    fn duplicate_kids_are_refused_unless_the_algorithms_differ() {
+        let mut doc = jwks_json();
+        let first = doc["keys"][5].clone();
+        let mut second = oct(32, None);
+        second["kid"] = json!("hs1");
+        doc["keys"].as_array_mut().unwrap().push(second);
+        let (set, errors) = read_set(doc);
+        assert_eq!(set.len(), 6);
+        assert_eq!(
+            errors,
+            vec![
+                "providers.corp.local_jwks.keys[6].kid: \"hs1\" is also the kid of providers.corp.local_jwks.keys[5] for the same algorithm HS256; kids must tell keys apart"
+            ]
+        );
+        // Same kid, different pinned algorithms: allowed (RFC 7517 §4.5).
+        let mut ps = rsa_json();
+        ps["alg"] = json!("PS256");
+        let (set, errors) = read_set(json!({"keys": [rsa_json(), ps, first]}));
+        assert_eq!(errors, Vec::<String>::new());
+        let algs: Vec<Algorithm> = set.candidates(Some("rsa1")).map(|k| k.alg).collect();
+        assert_eq!(algs, vec![Algorithm::RS256, Algorithm::PS256]);
+    }
+
+    #[test]
+    fn candidates_follow_the_kid() {
+        let mut no_kid = oct(32, None);
+        no_kid.as_object_mut().unwrap().remove("kid");
+        let mut doc = jwks_json();
+        doc["keys"].as_array_mut().unwrap().push(no_kid);
+        let (set, errors) = read_set(doc);
+        assert!(errors.is_empty(), "{errors:?}");
+        let kids = |kid: Option<&str>| -> Vec<Option<String>> {
+            set.candidates(kid).map(|k| k.kid.clone()).collect()
+        };
+        assert_eq!(kids(Some("ec384")), vec![Some("ec384".to_owned())]);
+        assert_eq!(kids(Some("nope")), Vec::<Option<String>>::new());
+        assert_eq!(kids(Some("")), Vec::<Option<String>>::new());
+        assert_eq!(kids(None).len(), 7);
+        assert!(KeySet::default().is_empty());
+        assert_eq!(KeySet::from_keys(vec![key("ed1")]).len(), 1);
+    }
+}

@@ -203,4 +203,465 @@ fn parse_header(json: &[u8]) -> Result<Header, JwtError> {
 }
 
 #[cfg(test)]
-mod tests {}
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+mod tests {
+    use super::*;
+    use crate::jwt::jwk::test_support::*;
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use serde_json::json;
+
+    const CLAIMS: &[u8] = br#"{"sub":"alice","exp":4102444800}"#;
+
+    fn header(alg: &str, kid: &str) -> String {
+        json!({"alg": alg, "kid": kid, "typ": "JWT"}).to_string()
+    }
+
+    /// A valid token for the test key `kid` (whose pinned alg is `alg`).
+    fn valid(alg: Algorithm, kid: &str) -> String {
+        token(&header(alg.name(), kid), CLAIMS, alg)
+    }
+
+    fn verify_token(token: &str) -> Result<(), JwtError> {
+        let jws = parse(token)?;
+        verify_with_set(&jws, &test_keys()).map(|_| ())
+    }
+
+    /// `t` with segment `i` replaced.
+    fn replace_segment(t: &str, i: usize, new: &str) -> String {
+        let mut parts: Vec<&str> = t.split('.').collect();
+        parts[i] = new;
+        parts.join(".")
+    }
+
+    #[test]
+    fn valid_tokens_of_every_test_key_parse_and_verify() {
+        use Algorithm as A;
+        for (alg, kid) in [
+            (A::HS256, "hs1"),
+            (A::RS256, "rsa1"),
+            (A::ES256, "ec256"),
+            (A::ES384, "ec384"),
+            (A::ES512, "ec521"),
+            (A::EdDSA, "ed1"),
+        ] {
+            let t = valid(alg, kid);
+            let jws = parse(&t).unwrap();
+            assert_eq!(
+                jws.header,
+                Header {
+                    alg,
+                    kid: Some(kid.to_owned()),
+                    typ: Some("JWT".to_owned())
+                }
+            );
+            assert_eq!(jws.payload, CLAIMS);
+            assert_eq!(jws.signing_input, t.rsplit_once('.').unwrap().0);
+            assert_eq!(verify_with(&jws, &key(kid)), Ok(()));
+            let keys = test_keys();
+            let used = verify_with_set(&jws, &keys).unwrap();
+            assert_eq!(used.kid.as_deref(), Some(kid));
+        }
+        // Explicitly pinned algorithms.
+        for alg in [A::RS384, A::RS512, A::PS256, A::PS384, A::PS512] {
+            let t = token(&header(alg.name(), "rsa1"), CLAIMS, alg);
+            assert_eq!(verify_with(&parse(&t).unwrap(), &rsa_with(alg)), Ok(()));
+            // The configured rsa1 is pinned to RS256.
+            assert_eq!(verify_token(&t), Err(JwtError::AlgMismatch));
+        }
+        for alg in [A::HS384, A::HS512] {
+            let t = token(&header(alg.name(), "x"), CLAIMS, alg);
+            assert_eq!(verify_with(&parse(&t).unwrap(), &hmac_with(alg)), Ok(()));
+        }
+    }
+
+    #[test]
+    fn header_members_and_whitespace() {
+        let t = token(
+            r#" { "alg" : "ES256" , "cty":"JWT", "x-custom": [1, {"a": null}] } "#,
+            b"",
+            Algorithm::ES256,
+        );
+        let jws = parse(&t).unwrap();
+        assert_eq!(jws.header.alg, Algorithm::ES256);
+        assert_eq!(jws.header.kid, None);
+        assert_eq!(jws.header.typ, None);
+        assert!(jws.payload.is_empty());
+        // Without kid every key is a candidate; the alg picks ec256.
+        assert_eq!(verify_token(&t), Ok(()));
+        // b64: true changes nothing and is accepted.
+        let t = token(r#"{"alg":"EdDSA","b64":true}"#, CLAIMS, Algorithm::EdDSA);
+        assert_eq!(verify_token(&t), Ok(()));
+    }
+
+    #[test]
+    fn segment_structure() {
+        let t = valid(Algorithm::HS256, "hs1");
+        let (h, rest) = t.split_once('.').unwrap();
+        let (p, sig) = rest.split_once('.').unwrap();
+        let malformed = |s: &str| matches!(parse(s), Err(JwtError::Malformed(_)));
+        for bad in [
+            String::new(),
+            ".".to_owned(),
+            "..".to_owned(),
+            "...".to_owned(),
+            h.to_owned(),
+            format!("{h}.{p}"),
+            format!("{h}.{p}."),       // signature stripped
+            format!("{h}.{p}.{sig}."), // extra empty segment
+            format!("{h}.{p}.{sig}.{sig}"),
+            format!("{h}.{p}.{sig}.{p}.{sig}"), // JWE shape
+            format!(".{p}.{sig}"),
+            format!("{p}.{sig}"),
+            format!("{h}..{sig}.x"),
+        ] {
+            assert!(malformed(&bad), "{bad:?} → {:?}", parse(&bad).err());
+        }
+        // An empty payload segment is a (signed) empty payload.
+        let t = token(&header("HS256", "hs1"), b"", Algorithm::HS256);
+        assert!(t.contains(".."));
+        assert_eq!(verify_token(&t), Ok(()));
+    }
+
+    #[test]
+    fn tokens_are_size_capped() {
+        let big = vec![b'a'; MAX_TOKEN_LEN];
+        let t = token(&header("HS256", "hs1"), &big, Algorithm::HS256);
+        assert!(t.len() > MAX_TOKEN_LEN);
+        assert_eq!(
+            parse(&t).err(),
+            Some(JwtError::Malformed("token is too large"))
+        );
+        let fits = vec![b'a'; MAX_TOKEN_LEN / 2];
+        assert!(parse(&token(&header("HS256", "hs1"), &fits, Algorithm::HS256)).is_ok());
+    }
+
+    #[test]
+    fn every_segment_is_strict_base64url() {
+        let t = valid(Algorithm::HS256, "hs1");
+        let parts: Vec<&str> = t.split('.').collect();
+        for (i, &seg) in parts.iter().enumerate() {
+            let bytes = b64::decode(seg).unwrap();
+            let mut variants = vec![
+                format!("{seg}="),
+                format!("{seg}=="),
+                format!(" {seg}"),
+                format!("{seg}\n"),
+                STANDARD.encode(&bytes).trim_end_matches('=').to_owned(),
+                format!("{seg}?"),
+            ];
+            // Non-canonical: set an unused low bit of the last character.
+            if !seg.len().is_multiple_of(4) {
+                const ALPHABET: &str =
+                    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+                let (head, last) = seg.split_at(seg.len() - 1);
+                let v = ALPHABET.find(last).unwrap();
+                variants.push(format!("{head}{}", &ALPHABET[v + 1..v + 2]));
+            }
+            for v in variants {
+                if v == seg {
+                    continue; // the standard alphabet may coincide
+                }
+                let bad = replace_segment(&t, i, &v);
+                assert!(
+                    matches!(parse(&bad), Err(JwtError::Malformed(_))),
+                    "segment {i} variant {v:?}: {:?}",
+                    parse(&bad).err()
+                );
+            }
+        }
+    }
+
+    fn header_error(header_json: &str) -> Option<JwtError> {
+        parse(&token(header_json, CLAIMS, Algorithm::HS256)).err()
+    }
+
+    #[test]
+    fn header_must_be_a_json_object_without_repeats() {
+        for bad in [
+            r#"["HS256"]"#,
+            r#""HS256""#,
+            "256",
+            "null",
+            "",
+            " ",
+            r#"{"alg":"HS256""#,
+            r#"{"alg":"HS256"} x"#,
+            r#"{"alg":"HS256"}{}"#,
+            r#"{"alg":"HS256","alg":"HS256"}"#,
+            r#"{"alg":"none","alg":"HS256"}"#,
+            r#"{"alg":"HS256","alg":"none"}"#,
+            r#"{"alg":"HS256","kid":"a","kid":"b"}"#,
+            r#"{"alg":"HS256","jwk":{},"jwk":{}}"#,
+            r#"{"alg":256}"#,
+            r#"{"alg":["HS256"]}"#,
+            r#"{"alg":"HS256","kid":7}"#,
+            r#"{"alg":"HS256","typ":{}}"#,
+            r#"{}"#,
+            r#"{"alg":null}"#,
+            r#"{"kid":"hs1"}"#,
+        ] {
+            assert!(
+                matches!(header_error(bad), Some(JwtError::Malformed(_))),
+                "{bad:?}: {:?}",
+                header_error(bad)
+            );
+        }
+        // Invalid UTF-8 inside the header JSON.
+        let t = format!(
+            "{}.{}.{}",
+            b64::encode(b"{\"alg\":\"HS256\",\"kid\":\"\xff\"}"),
+            b64::encode(CLAIMS),
+            b64::encode([1u8; 32])
+        );
+        assert!(matches!(parse(&t), Err(JwtError::Malformed(_))));
+    }
+
+    #[test]
+    fn alg_none_in_any_spelling_is_refused() {
+        for none in ["none", "NONE", "None", "nOnE", "NoNe"] {
+            let h = json!({"alg": none}).to_string();
+            let unsigned = format!("{}.{}.", b64::encode(&h), b64::encode(CLAIMS));
+            assert_eq!(parse(&unsigned).err(), Some(JwtError::AlgNone), "{none}");
+            // Even with a signature attached.
+            assert_eq!(header_error(&h), Some(JwtError::AlgNone), "{none}");
+        }
+    }
+
+    #[test]
+    fn unknown_algorithms_are_refused() {
+        for alg in [
+            "HS1",
+            "hs256",
+            "Hs256",
+            "ES256K",
+            "RS256 ",
+            "EdDSA25519",
+            "Ed25519",
+            "A256GCM",
+            "RSA-OAEP",
+            "",
+        ] {
+            assert_eq!(
+                header_error(&json!({"alg": alg}).to_string()),
+                Some(JwtError::UnsupportedAlg),
+                "{alg:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn crit_and_key_pointing_headers_are_refused() {
+        for crit in [json!(["exp"]), json!([]), json!(null), json!("b64")] {
+            let h = json!({"alg": "HS256", "crit": crit}).to_string();
+            assert_eq!(header_error(&h), Some(JwtError::UnknownCrit), "{h}");
+        }
+        for name in ["jwk", "jku", "x5u", "x5c"] {
+            for value in [
+                json!({}),
+                json!("https://attacker.example/keys"),
+                json!(null),
+                json!(["MIIB"]),
+            ] {
+                let mut h = json!({"alg": "HS256"});
+                h[name] = value;
+                assert_eq!(
+                    header_error(&h.to_string()),
+                    Some(JwtError::ForbiddenHeader(name)),
+                    "{h}"
+                );
+            }
+        }
+        for b64 in [json!(false), json!("true"), json!(null), json!(1)] {
+            let h = json!({"alg": "HS256", "b64": b64}).to_string();
+            assert_eq!(
+                header_error(&h),
+                Some(JwtError::ForbiddenHeader("b64")),
+                "{h}"
+            );
+        }
+    }
+
+    #[test]
+    fn embedded_jwk_signed_by_the_attacker_is_refused() {
+        // The attacker signs with their own HMAC key and ships it in the header.
+        let secret = [0x42u8; 32];
+        let h = json!({
+            "alg": "HS256",
+            "kid": "hs1",
+            "jwk": {"kty": "oct", "k": b64::encode(secret)}
+        })
+        .to_string();
+        let t = token_with(&h, CLAIMS, |input| hmac(Algorithm::HS256, &secret, input));
+        assert_eq!(verify_token(&t), Err(JwtError::ForbiddenHeader("jwk")));
+        let h = json!({"alg": "ES256", "kid": "ec256", "jku": "https://attacker.example/jwks"});
+        assert_eq!(
+            verify_token(&token(&h.to_string(), CLAIMS, Algorithm::ES256)),
+            Err(JwtError::ForbiddenHeader("jku"))
+        );
+    }
+
+    #[test]
+    fn alg_changed_after_signing_is_refused() {
+        let t = valid(Algorithm::RS256, "rsa1");
+        for alg in ["PS256", "RS384", "HS256", "ES256"] {
+            let forged = replace_segment(&t, 0, &b64::encode(header(alg, "rsa1")));
+            assert_eq!(verify_token(&forged), Err(JwtError::AlgMismatch), "{alg}");
+            assert_eq!(
+                verify_with(&parse(&forged).unwrap(), &key("rsa1")),
+                Err(JwtError::AlgMismatch)
+            );
+        }
+        // Re-pointing the kid instead breaks the signature (the header is signed).
+        let t = valid(Algorithm::ES256, "ec256");
+        let moved = replace_segment(
+            &t,
+            0,
+            &b64::encode(r#"{"alg":"ES256","kid":"ec256","typ":"at+jwt"}"#),
+        );
+        assert_eq!(verify_token(&moved), Err(JwtError::BadSignature));
+    }
+
+    #[test]
+    fn tampered_payload_and_stripped_signature_are_refused() {
+        for (alg, kid) in [
+            (Algorithm::HS256, "hs1"),
+            (Algorithm::RS256, "rsa1"),
+            (Algorithm::ES384, "ec384"),
+            (Algorithm::EdDSA, "ed1"),
+        ] {
+            let t = valid(alg, kid);
+            let tampered =
+                replace_segment(&t, 1, &b64::encode(br#"{"sub":"admin","exp":4102444800}"#));
+            assert_eq!(verify_token(&tampered), Err(JwtError::BadSignature));
+            let (input, _) = t.rsplit_once('.').unwrap();
+            assert!(matches!(
+                parse(&format!("{input}.")),
+                Err(JwtError::Malformed(_))
+            ));
+            assert!(matches!(parse(input), Err(JwtError::Malformed(_))));
+            // A signature from another key of the same family.
+            let other = replace_segment(
+                &t,
+                2,
+                &b64::encode(vec![0x11; parse(&t).unwrap().signature.len()]),
+            );
+            assert_eq!(verify_token(&other), Err(JwtError::BadSignature));
+        }
+    }
+
+    #[test]
+    fn hmac_keyed_with_our_rsa_public_key_is_refused() {
+        // The classic confusion attack: the attacker knows our RSA public key and uses some
+        // encoding of it as an HS256 secret, hoping the verifier follows the token's alg.
+        let pem_body: String = RSA_PUBLIC
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect();
+        let der = STANDARD.decode(pem_body).unwrap();
+        let n = b64::decode(jwks_json()["keys"][0]["n"].as_str().unwrap()).unwrap();
+        let jwk_text = jwks_json()["keys"][0].to_string();
+        let secrets: Vec<Vec<u8>> = vec![
+            RSA_PUBLIC.as_bytes().to_vec(),
+            RSA_PUBLIC.trim_end().as_bytes().to_vec(),
+            der,
+            n,
+            jwk_text.into_bytes(),
+        ];
+        for secret in secrets {
+            for kid in [Some("rsa1"), None] {
+                let mut h = json!({"alg": "HS256"});
+                if let Some(kid) = kid {
+                    h["kid"] = json!(kid);
+                }
+                let t = token_with(&h.to_string(), CLAIMS, |input| {
+                    hmac(Algorithm::HS256, &secret, input)
+                });
+                let jws = parse(&t).unwrap();
+                assert_eq!(verify_with(&jws, &key("rsa1")), Err(JwtError::AlgMismatch));
+                // Through the set: with kid rsa1 the only candidate is RS256-pinned; without a
+                // kid the HS256 candidate is hs1, whose secret the attacker does not have.
+                let expected = if kid.is_some() {
+                    JwtError::AlgMismatch
+                } else {
+                    JwtError::BadSignature
+                };
+                assert_eq!(verify_with_set(&jws, &test_keys()).err(), Some(expected));
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_kid_is_refused() {
+        let t = token(
+            &header("ES256", "ec-rotated-away"),
+            CLAIMS,
+            Algorithm::ES256,
+        );
+        assert_eq!(verify_token(&t), Err(JwtError::UnknownKid));
+        // No kid and no key of that algorithm.
+        let t = token(r#"{"alg":"PS256"}"#, CLAIMS, Algorithm::PS256);
+        assert_eq!(verify_token(&t), Err(JwtError::UnknownKid));
+        // Empty set.
+        let jws_text = valid(Algorithm::HS256, "hs1");
+        let jws = parse(&jws_text).unwrap();
+        assert_eq!(
+            verify_with_set(&jws, &KeySet::default()).err(),
+            Some(JwtError::UnknownKid)
+        );
+    }
+
+    #[test]
+    fn ecdsa_zero_and_der_signatures_are_refused() {
+        let h = header("ES256", "ec256");
+        let zero = token_with(&h, CLAIMS, |_| vec![0; 64]);
+        assert_eq!(verify_token(&zero), Err(JwtError::BadSignature));
+        let der = token_with(&h, CLAIMS, es256_der);
+        assert_eq!(verify_token(&der), Err(JwtError::BadSignature));
+        // P-521 signatures are 2 × 66 bytes.
+        let t = valid(Algorithm::ES512, "ec521");
+        assert_eq!(parse(&t).unwrap().signature.len(), 132);
+    }
+
+    #[test]
+    fn parse_never_panics_on_junk() {
+        let t = valid(Algorithm::HS256, "hs1");
+        for cut in 0..t.len() {
+            let _ = parse(t.get(..cut).unwrap());
+            let _ = parse(t.get(cut..).unwrap());
+        }
+        for junk in [
+            "\u{0}",
+            "é.é.é",
+            "a.b.c",
+            "e30.e30.e30",
+            "eyJhbGciOiJIUzI1NiJ9.e30.AA",
+        ] {
+            let _ = parse(junk);
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_text_is_handled(s in "\\PC{0,300}") {
+            let _ = parse(&s);
+        }
+
+        #[test]
+        fn arbitrary_segments_are_handled(
+            h in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            p in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            s in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..140),
+        ) {
+            let t = format!("{}.{}.{}", b64::encode(h), b64::encode(p), b64::encode(s));
+            if let Ok(jws) = parse(&t) {
+                let _ = verify_with_set(&jws, &test_keys());
+            }
+        }
+    }
+}
