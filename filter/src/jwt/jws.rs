@@ -84,33 +84,44 @@ pub fn verify_with(jws: &Jws<'_>, key: &Jwk) -> Result<(), JwtError> {
     key.verify(jws.signing_input.as_bytes(), &jws.signature)
 }
 
-/// Verifies `jws` with the keys of a set and returns the key that verified it.
+/// The keys that may verify `jws`: those with the token's `kid` (every key when it has none),
+/// narrowed to those pinned to the token's `alg`. Cheap: no signature arithmetic, so callers
+/// can refuse on it before checking claims.
 ///
-/// The candidates are the keys with the token's `kid` (all keys without a `kid`), narrowed to
-/// those pinned to the token's `alg`. Errors: no candidate → [`JwtError::UnknownKid`]; the
-/// `kid` matched but only keys of another algorithm → [`JwtError::AlgMismatch`]; no candidate
-/// verified → [`JwtError::BadSignature`].
-pub fn verify_with_set<'k>(jws: &Jws<'_>, keys: &'k KeySet) -> Result<&'k Jwk, JwtError> {
+/// Errors: no key has the `kid` (or, without one, fits the `alg`) → [`JwtError::UnknownKid`];
+/// the `kid` matched only keys of another algorithm → [`JwtError::AlgMismatch`].
+pub fn usable_keys<'k>(jws: &Jws<'_>, keys: &'k KeySet) -> Result<Vec<&'k Jwk>, JwtError> {
     let mut named = false;
-    let mut tried = false;
+    let mut usable = Vec::new();
     for key in keys.candidates(jws.header.kid.as_deref()) {
         named = true;
-        if key.alg != jws.header.alg {
-            continue;
-        }
-        tried = true;
-        if key
-            .verify(jws.signing_input.as_bytes(), &jws.signature)
-            .is_ok()
-        {
-            return Ok(key);
+        if key.alg == jws.header.alg {
+            usable.push(key);
         }
     }
-    Err(match (named, tried) {
-        (_, true) => JwtError::BadSignature,
-        (true, false) if jws.header.kid.is_some() => JwtError::AlgMismatch,
-        _ => JwtError::UnknownKid,
-    })
+    if usable.is_empty() {
+        return Err(if named && jws.header.kid.is_some() {
+            JwtError::AlgMismatch
+        } else {
+            JwtError::UnknownKid
+        });
+    }
+    Ok(usable)
+}
+
+/// The first of `keys` (from [`usable_keys`]) whose signature check passes, else
+/// [`JwtError::BadSignature`].
+pub fn verify_any<'k>(jws: &Jws<'_>, keys: &[&'k Jwk]) -> Result<&'k Jwk, JwtError> {
+    keys.iter()
+        .copied()
+        .find(|key| verify_with(jws, key).is_ok())
+        .ok_or(JwtError::BadSignature)
+}
+
+/// Verifies `jws` with the keys of a set and returns the key that verified it: [`usable_keys`]
+/// then [`verify_any`].
+pub fn verify_with_set<'k>(jws: &Jws<'_>, keys: &'k KeySet) -> Result<&'k Jwk, JwtError> {
+    verify_any(jws, &usable_keys(jws, keys)?)
 }
 
 /// The header as sent. serde's derived visitor refuses a repeated member among these (so
