@@ -28,10 +28,11 @@ lint: setup
 
 ## test: lint, unit and conformance tests, the wasm build.
 test: lint build
-	$(CARGO) test --locked --workspace
+	$(CARGO) test --locked --workspace --exclude portcullis-bench
 
 ## bench: per-request decision cost, natively and inside wasmtime (prints figures, never fails on time).
 bench: build
+	$(CARGO) build --release --locked --target $(WASM_TARGET) -p portcullis-bench-guest
 	$(CARGO) run --release --locked -p portcullis-bench
 
 fmt:

@@ -10,8 +10,10 @@ pub mod cache;
 pub mod config;
 pub mod decision;
 pub mod jwt;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod mint;
 pub mod reply;
 pub mod request;
 
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(target_arch = "wasm32", feature = "proxy-wasm-glue"))]
 mod wasm;
