@@ -245,6 +245,16 @@ pub fn read_jwks(cx: &mut Ctx, value: &Value, path: &str) -> KeySet {
             accepted.push((i, jwk));
         }
     }
+    let symmetric = accepted.iter().filter(|(_, k)| k.is_symmetric()).count();
+    if symmetric > 0 && symmetric < accepted.len() {
+        // Wycheproof flags such sets as ambiguous: one secret shared with every token issuer
+        // beside public keys invites confusion. Pinning would keep them apart, but a provider
+        // is one issuer, which signs either with a secret or with a key pair.
+        cx.error(
+            &keys_path,
+            "a key set must not mix secret (oct) keys with public keys; use two providers",
+        );
+    }
     obj.finish(cx);
     KeySet::from_keys(accepted.into_iter().map(|(_, k)| k).collect())
 }
@@ -709,12 +719,27 @@ pub(crate) mod test_support {
         serde_json::from_str(JWKS).unwrap()
     }
 
-    /// The committed test key set, read through the real reader.
+    /// The committed test keys as one set. It mixes the HMAC key with public keys, which
+    /// [`read_jwks`] refuses for a provider, so it is assembled key by key through the real
+    /// reader.
     pub(crate) fn test_keys() -> KeySet {
-        let mut cx = Ctx::default();
-        let set = read_jwks(&mut cx, &jwks_json(), "jwks");
-        assert_eq!(cx.into_errors(), vec![]);
-        set
+        let keys = jwks_json()["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| jwk(k.clone()))
+            .collect();
+        KeySet::from_keys(keys)
+    }
+
+    /// The committed public keys only (without `hs1`): a set a provider may hold.
+    pub(crate) fn public_jwks_json() -> Value {
+        let mut doc = jwks_json();
+        doc["keys"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|k| k["kty"] != "oct");
+        doc
     }
 
     pub(crate) fn key(kid: &str) -> Jwk {
@@ -1322,6 +1347,23 @@ mod tests {
         assert!(debug.contains("hs1") && debug.contains("HS256"));
     }
 
+    #[test]
+    fn secret_and_public_keys_do_not_mix_in_one_set() {
+        let (_, errors) = read_set(jwks_json());
+        assert_eq!(
+            errors,
+            vec![
+                "providers.corp.local_jwks.keys: a key set must not mix secret (oct) keys with public keys; use two providers"
+            ]
+        );
+        assert!(read_set(public_jwks_json()).1.is_empty());
+        assert!(
+            read_set(json!({"keys": [jwks_json()["keys"][5].clone()]}))
+                .1
+                .is_empty()
+        );
+    }
+
     fn read_set(value: Value) -> (KeySet, Vec<String>) {
         let mut cx = Ctx::default();
         let set = read_jwks(&mut cx, &value, "providers.corp.local_jwks");
@@ -1333,11 +1375,11 @@ mod tests {
 
     #[test]
     fn key_sets_report_each_bad_key_and_keep_the_rest() {
-        let mut doc = jwks_json();
+        let mut doc = public_jwks_json();
         doc["keys"][1]["y"] = json!("AQAB=");
         doc["keys"][4]["use"] = json!("enc");
         let (set, errors) = read_set(doc);
-        assert_eq!(set.len(), 4);
+        assert_eq!(set.len(), 3);
         assert_eq!(
             errors,
             vec![
@@ -1365,7 +1407,7 @@ mod tests {
             read_set(json!({"keys": {}})).1,
             vec!["providers.corp.local_jwks.keys: expected an array, found an object"]
         );
-        let mut doc = jwks_json();
+        let mut doc = public_jwks_json();
         doc["extra"] = json!(1);
         assert_eq!(
             read_set(doc).1,
@@ -1375,23 +1417,21 @@ mod tests {
 
     #[test]
     fn duplicate_kids_are_refused_unless_the_algorithms_differ() {
-        let mut doc = jwks_json();
-        let first = doc["keys"][5].clone();
+        let first = jwks_json()["keys"][5].clone();
         let mut second = oct(32, None);
         second["kid"] = json!("hs1");
-        doc["keys"].as_array_mut().unwrap().push(second);
-        let (set, errors) = read_set(doc);
-        assert_eq!(set.len(), 6);
+        let (set, errors) = read_set(json!({"keys": [first.clone(), second]}));
+        assert_eq!(set.len(), 1);
         assert_eq!(
             errors,
             vec![
-                "providers.corp.local_jwks.keys[6].kid: \"hs1\" is also the kid of providers.corp.local_jwks.keys[5] for the same algorithm HS256; kids must tell keys apart"
+                "providers.corp.local_jwks.keys[1].kid: \"hs1\" is also the kid of providers.corp.local_jwks.keys[0] for the same algorithm HS256; kids must tell keys apart"
             ]
         );
         // Same kid, different pinned algorithms: allowed (RFC 7517 §4.5).
         let mut ps = rsa_json();
         ps["alg"] = json!("PS256");
-        let (set, errors) = read_set(json!({"keys": [rsa_json(), ps, first]}));
+        let (set, errors) = read_set(json!({"keys": [rsa_json(), ps]}));
         assert_eq!(errors, Vec::<String>::new());
         let algs: Vec<Algorithm> = set.candidates(Some("rsa1")).map(|k| k.alg).collect();
         assert_eq!(algs, vec![Algorithm::RS256, Algorithm::PS256]);
@@ -1401,10 +1441,9 @@ mod tests {
     fn candidates_follow_the_kid() {
         let mut no_kid = oct(32, None);
         no_kid.as_object_mut().unwrap().remove("kid");
-        let mut doc = jwks_json();
-        doc["keys"].as_array_mut().unwrap().push(no_kid);
-        let (set, errors) = read_set(doc);
-        assert!(errors.is_empty(), "{errors:?}");
+        let mut keys: Vec<Jwk> = test_keys().iter().cloned().collect();
+        keys.push(jwk(no_kid));
+        let set = KeySet::from_keys(keys);
         let kids = |kid: Option<&str>| -> Vec<Option<String>> {
             set.candidates(kid).map(|k| k.kid.clone()).collect()
         };
