@@ -100,7 +100,13 @@ impl Context for Stream {}
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
         let started = Instant::now();
-        let headers = self.get_http_request_headers();
+        // The bytes variant: the SDK's String variant unwraps `from_utf8`, so one header value
+        // with obs-text (which Envoy's HTTP/1 codec accepts) would panic and kill the VM.
+        let headers: Vec<(String, String)> = self
+            .get_http_request_headers_bytes()
+            .into_iter()
+            .map(|(name, value)| (name, text(value)))
+            .collect();
         let req = Request::new(&headers);
         let now = unix_nanos(self.get_current_time());
         let decision = {
@@ -146,8 +152,8 @@ impl HttpContext for Stream {
     fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
         if self.status.is_none() {
             self.status = self
-                .get_http_response_header(":status")
-                .and_then(|s| s.parse().ok());
+                .get_http_response_header_bytes(":status")
+                .and_then(|s| std::str::from_utf8(&s).ok()?.parse().ok());
         }
         Action::Continue
     }
@@ -200,6 +206,11 @@ impl Stream {
         };
         Some(ip.to_owned())
     }
+}
+
+/// A header value as text; invalid UTF-8 becomes U+FFFD, which no credential contains.
+fn text(value: Vec<u8>) -> String {
+    String::from_utf8(value).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 fn unix_nanos(t: SystemTime) -> u64 {
