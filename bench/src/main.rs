@@ -5,7 +5,6 @@
 //! Each figure is the median of several timed batches after a warm-up, in µs per request.
 
 use anyhow::{Context, Result, bail};
-use portcullis::cache::TokenCache;
 use portcullis::config::Config;
 use portcullis::decision::{Verdict, decide};
 use portcullis::jwt::Algorithm;
@@ -207,7 +206,7 @@ fn median_us(mut batch: impl FnMut(u32) -> Result<()>) -> Result<f64> {
 fn time_native(s: &Scenario, now: u64) -> Result<f64> {
     let config = Config::from_json(s.config.to_string().as_bytes())
         .map_err(|e| anyhow::anyhow!("{}: bad config: {e:?}", s.name))?;
-    let mut cache = TokenCache::new(config.token_cache_entries);
+    let mut cache = config.token_cache();
     let req = Request::new(&s.headers);
     if decide(&config, &mut cache, &req, now).verdict != Verdict::Allow {
         bail!("{}: the request is not allowed natively", s.name);

@@ -23,7 +23,7 @@ pub struct AuditRecord<'a> {
     pub subject: Option<&'a str>,
     /// Consumer of a verified API key.
     pub consumer: Option<&'a str>,
-    /// `allow`, `deny` or `shadow_deny`.
+    /// `allow`, `deny`, `shadow_deny`, or `none` for a request the filter never saw.
     pub decision: &'static str,
     /// Why (one word).
     pub reason: &'static str,

@@ -11,44 +11,63 @@ use std::sync::Arc;
 /// `(provider index, SHA-256 of the token)`.
 pub type CacheKey = (usize, [u8; 32]);
 
-/// A bounded cache; the oldest entry leaves first when it is full.
+/// A cache bounded in entries and in bytes (a wasm VM has little memory, and an allocation
+/// failure would abort it); the oldest entry leaves first when it is full. An expired token
+/// stays until it is pushed out, but is never accepted: the caller checks `exp` on every hit.
 #[derive(Debug)]
 pub struct TokenCache {
-    capacity: usize,
-    entries: HashMap<CacheKey, Arc<VerifiedToken>>,
+    max_entries: usize,
+    max_bytes: usize,
+    bytes: usize,
+    entries: HashMap<CacheKey, (Arc<VerifiedToken>, usize)>,
     order: VecDeque<CacheKey>,
 }
 
 impl TokenCache {
-    /// A cache for up to `capacity` tokens (0 = never caches).
-    pub fn new(capacity: usize) -> Self {
+    /// A cache for up to `max_entries` tokens and about `max_bytes` of claims (either 0 = never
+    /// caches).
+    pub fn new(max_entries: usize, max_bytes: usize) -> Self {
         TokenCache {
-            capacity,
-            entries: HashMap::with_capacity(capacity.min(4096)),
-            order: VecDeque::with_capacity(capacity.min(4096)),
+            max_entries,
+            max_bytes,
+            bytes: 0,
+            entries: HashMap::with_capacity(max_entries.min(4096)),
+            order: VecDeque::with_capacity(max_entries.min(4096)),
         }
+    }
+
+    /// Whether anything can be cached (if not, callers skip hashing tokens).
+    pub fn is_enabled(&self) -> bool {
+        self.max_entries > 0 && self.max_bytes > 0
     }
 
     /// The verified token for this key, if cached.
     pub fn get(&self, key: &CacheKey) -> Option<Arc<VerifiedToken>> {
-        self.entries.get(key).cloned()
+        self.entries.get(key).map(|(token, _)| Arc::clone(token))
     }
 
-    /// Remembers a verified token, evicting the oldest entry when full.
+    /// Remembers a verified token, evicting the oldest entries while over either bound.
     pub fn insert(&mut self, key: CacheKey, token: Arc<VerifiedToken>) {
-        if self.capacity == 0 || self.entries.contains_key(&key) {
+        let cost = cost(&token);
+        if !self.is_enabled() || cost > self.max_bytes || self.entries.contains_key(&key) {
             return;
         }
-        while self.entries.len() >= self.capacity {
-            match self.order.pop_front() {
-                Some(old) => {
-                    self.entries.remove(&old);
-                }
-                None => break,
+        while self.entries.len() >= self.max_entries || self.bytes + cost > self.max_bytes {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            if let Some((_, freed)) = self.entries.remove(&old) {
+                self.bytes -= freed;
             }
         }
-        self.entries.insert(key, token);
+        self.entries.insert(key, (token, cost));
         self.order.push_back(key);
+        self.bytes += cost;
+    }
+
+    /// Approximate bytes held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Number of cached tokens.
@@ -62,10 +81,19 @@ impl TokenCache {
     }
 }
 
+/// What an entry costs: the payload twice (base64 text and parsed claims) plus overhead.
+fn cost(token: &VerifiedToken) -> usize {
+    token
+        .payload_b64
+        .len()
+        .saturating_mul(2)
+        .saturating_add(256)
+}
+
 impl Default for TokenCache {
     /// A cache that never caches (until the configuration says how large it may be).
     fn default() -> Self {
-        TokenCache::new(0)
+        TokenCache::new(0, 0)
     }
 }
 
@@ -87,7 +115,7 @@ mod tests {
 
     #[test]
     fn bounded_and_oldest_first() {
-        let mut c = TokenCache::new(2);
+        let mut c = TokenCache::new(2, 1 << 20);
         c.insert((0, [1; 32]), token("a"));
         c.insert((0, [2; 32]), token("b"));
         c.insert((0, [3; 32]), token("c"));
@@ -99,8 +127,20 @@ mod tests {
     }
 
     #[test]
+    fn bounded_in_bytes() {
+        let mut c = TokenCache::new(100, 3 * 256);
+        for i in 0..10u8 {
+            c.insert((0, [i; 32]), token("x"));
+        }
+        assert_eq!(c.len(), 3);
+        assert!(c.bytes() <= 3 * 256);
+        assert!(c.get(&(0, [9; 32])).is_some());
+        assert!(c.get(&(0, [6; 32])).is_none());
+    }
+
+    #[test]
     fn zero_capacity_never_caches() {
-        let mut c = TokenCache::new(0);
+        let mut c = TokenCache::new(0, 1 << 20);
         c.insert((0, [1; 32]), token("a"));
         assert!(c.is_empty());
     }

@@ -11,7 +11,9 @@ use crate::config::{
 use crate::jwt::JwtError;
 use crate::jwt::authenticate::authenticate;
 use crate::jwt::claims::VerifiedToken;
-use crate::request::{Request, without_cookie, without_query_param};
+use crate::request::{
+    Request, ambiguous_path, is_safe_header_value, without_cookie, without_query_param,
+};
 use serde_json::Value;
 use std::sync::Arc;
 
@@ -138,21 +140,26 @@ impl Identity {
 /// Decides one request at header time.
 pub fn decide(config: &Config, cache: &mut TokenCache, req: &Request<'_>, now: u64) -> Decision {
     let mut edits = strip_protected(config, req);
+    let refused = |status, error, message: String, reason, edits| Decision {
+        route: None,
+        identity: None,
+        verdict: Verdict::Refuse(Refusal {
+            status,
+            error,
+            message,
+            challenge: None,
+            shadow: false,
+        }),
+        reason,
+        rule: None,
+        edits,
+    };
+    if let Some(why) = ambiguous_path(req.path()) {
+        return refused(400, "invalid_path", why.to_owned(), "invalid_path", edits);
+    }
     let Some((index, route)) = find_route(config, req) else {
-        return Decision {
-            route: None,
-            identity: None,
-            verdict: Verdict::Refuse(Refusal {
-                status: 403,
-                error: "no_route",
-                message: "no route allows this request".to_owned(),
-                challenge: None,
-                shadow: false,
-            }),
-            reason: "no_route",
-            rule: None,
-            edits,
-        };
+        let message = "no route allows this request".to_owned();
+        return refused(403, "no_route", message, "no_route", edits);
     };
     let mut decision = Decision {
         route: Some(index),
@@ -167,6 +174,9 @@ pub fn decide(config: &Config, cache: &mut TokenCache, req: &Request<'_>, now: u
         return decision;
     }
 
+    // Refusals are only recorded on a route in shadow mode, or when every provider that decides
+    // the route is in shadow mode (then the route has no enforcing provider at all).
+    let shadow = route.shadow || route.shadow_providers_only;
     let outcome = authenticate_route(config, cache, route, req, now);
     let (identity, found) = match outcome {
         AuthOutcome::Verified { identity, found } => (identity, found),
@@ -176,7 +186,6 @@ pub fn decide(config: &Config, cache: &mut TokenCache, req: &Request<'_>, now: u
             return decision;
         }
         AuthOutcome::Missing => {
-            let shadow = route.shadow || all_shadow(config, &route.requires);
             decision.verdict = Verdict::Refuse(Refusal {
                 status: 401,
                 error: "missing_credentials",
@@ -185,11 +194,30 @@ pub fn decide(config: &Config, cache: &mut TokenCache, req: &Request<'_>, now: u
                 shadow,
             });
             decision.reason = "missing_credentials";
+            strip_credentials(config, route, req, &mut edits);
+            decision.edits = edits;
+            return decision;
+        }
+        AuthOutcome::Ambiguous { provider } => {
+            let message = "the request carries more than one credential".to_owned();
+            decision.verdict = Verdict::Refuse(Refusal {
+                status: 400,
+                error: "invalid_request",
+                challenge: Some(challenge(
+                    config,
+                    route,
+                    Some(("invalid_request", &message)),
+                )),
+                message,
+                shadow,
+            });
+            decision.reason = "invalid_request";
+            decision.rule = provider_name(config, provider);
+            strip_credentials(config, route, req, &mut edits);
             decision.edits = edits;
             return decision;
         }
         AuthOutcome::Failed { failures } => {
-            let shadow = route.shadow || all_shadow(config, failures.iter().map(|f| &f.provider));
             let chosen = most_telling(&failures);
             let (error, message) = match chosen.and_then(|f| f.error.as_ref()) {
                 Some(e) => ("invalid_token", e.to_string()),
@@ -204,30 +232,26 @@ pub fn decide(config: &Config, cache: &mut TokenCache, req: &Request<'_>, now: u
             });
             decision.reason = error;
             decision.rule = chosen.and_then(|f| provider_name(config, f.provider));
+            strip_credentials(config, route, req, &mut edits);
             decision.edits = edits;
             return decision;
         }
     };
 
     decision.rule = provider_name(config, identity.provider);
-    let provider_shadow = config
-        .providers
-        .get(identity.provider)
-        .is_some_and(|p| p.shadow);
+    if let Some(found) = &found {
+        let mut removal = CredentialRemoval::default();
+        removal.add(found.source);
+        removal.apply(req, &mut edits);
+    }
     if let Some(refusal) = authorize(config, route, &identity, &mut decision) {
-        decision.verdict = Verdict::Refuse(Refusal {
-            shadow: route.shadow || provider_shadow,
-            ..refusal
-        });
+        decision.verdict = Verdict::Refuse(Refusal { shadow, ..refusal });
         decision.identity = Some(identity);
         decision.edits = edits;
         return decision;
     }
     decision.reason = "authenticated";
     identity_edits(config, &identity, &mut edits);
-    if let Some(found) = found {
-        credential_edits(req, &found, &mut edits);
-    }
     decision.identity = Some(identity);
     decision.edits = edits;
     decision
@@ -285,12 +309,16 @@ enum AuthOutcome<'c> {
         found: Option<Found<'c>>,
     },
     Missing,
+    /// A provider found more than one credential.
+    Ambiguous {
+        provider: usize,
+    },
     Failed {
         failures: Vec<Failure>,
     },
 }
 
-/// Tries the route's providers in order; the first that verifies a credential wins.
+/// Tries the route's deciding providers in order; the first that verifies a credential wins.
 fn authenticate_route<'c>(
     config: &'c Config,
     cache: &mut TokenCache,
@@ -299,51 +327,44 @@ fn authenticate_route<'c>(
     now: u64,
 ) -> AuthOutcome<'c> {
     let mut failures = Vec::new();
-    for &index in &route.requires {
+    for &index in &route.deciding {
         let Some(provider) = config.providers.get(index) else {
             continue;
         };
-        match &provider.kind {
-            ProviderKind::Jwt(jwt) => {
-                let Some((token, source)) = extract(req, &jwt.sources) else {
-                    continue;
-                };
-                match authenticate(index, jwt, &token, now, cache) {
-                    Ok(verified) => {
-                        return AuthOutcome::Verified {
-                            identity: Identity {
-                                provider: index,
-                                credential: Credential::Jwt(verified),
-                            },
-                            found: (!jwt.forward).then_some(Found { source }),
-                        };
-                    }
-                    Err(e) => failures.push(Failure {
-                        provider: index,
-                        error: Some(e),
-                    }),
-                }
+        let (sources, forward) = match &provider.kind {
+            ProviderKind::Jwt(jwt) => (&jwt.sources, jwt.forward),
+            ProviderKind::ApiKey(keys) => (&keys.sources, keys.forward),
+        };
+        let (value, source) = match extract(req, sources) {
+            Extracted::Nothing => continue,
+            Extracted::Several => return AuthOutcome::Ambiguous { provider: index },
+            Extracted::One(value, source) => (value, source),
+        };
+        let verified = match (value, &provider.kind) {
+            (None, _) => Err(Some(JwtError::Malformed(
+                "credential is not valid percent-encoding",
+            ))),
+            (Some(token), ProviderKind::Jwt(jwt)) => authenticate(index, jwt, &token, now, cache)
+                .map(Credential::Jwt)
+                .map_err(Some),
+            (Some(key), ProviderKind::ApiKey(keys)) => {
+                apikey::find(keys, &key).map(Credential::ApiKey).ok_or(None)
             }
-            ProviderKind::ApiKey(keys) => {
-                let Some((presented, source)) = extract(req, &keys.sources) else {
-                    continue;
-                };
-                match apikey::find(keys, &presented) {
-                    Some(i) => {
-                        return AuthOutcome::Verified {
-                            identity: Identity {
-                                provider: index,
-                                credential: Credential::ApiKey(i),
-                            },
-                            found: (!keys.forward).then_some(Found { source }),
-                        };
-                    }
-                    None => failures.push(Failure {
+        };
+        match verified {
+            Ok(credential) => {
+                return AuthOutcome::Verified {
+                    identity: Identity {
                         provider: index,
-                        error: None,
-                    }),
-                }
+                        credential,
+                    },
+                    found: (!forward).then_some(Found { source }),
+                };
             }
+            Err(error) => failures.push(Failure {
+                provider: index,
+                error: error.filter(|_| matches!(provider.kind, ProviderKind::Jwt(_))),
+            }),
         }
     }
     if failures.is_empty() {
@@ -353,23 +374,52 @@ fn authenticate_route<'c>(
     }
 }
 
-/// The first credential found in these sources.
-fn extract<'c>(req: &Request<'_>, sources: &'c [TokenSource]) -> Option<(String, &'c TokenSource)> {
-    sources.iter().find_map(|source| {
-        let value = match source {
-            TokenSource::Header { name, prefix } => req.headers_named(name).find_map(|v| {
-                let head = v.get(..prefix.len())?;
-                if head.eq_ignore_ascii_case(prefix) {
-                    v.get(prefix.len()..).map(|t| t.trim().to_owned())
-                } else {
-                    None
+/// What a provider's sources hold.
+enum Extracted<'c> {
+    /// No credential.
+    Nothing,
+    /// Exactly one credential (`None` if it is present but not readable, e.g. bad
+    /// percent-encoding), and where.
+    One(Option<String>, &'c TokenSource),
+    /// More than one: RFC 6750 §2 forbids sending a token more than one way, and an upstream
+    /// that kept the credential could read another one than the filter verified.
+    Several,
+}
+
+/// Every credential in these sources; empty values do not count.
+fn extract<'c>(req: &Request<'_>, sources: &'c [TokenSource]) -> Extracted<'c> {
+    let mut first: Option<(Option<String>, &'c TokenSource)> = None;
+    let mut count = 0usize;
+    let mut found = |value: Option<String>, source: &'c TokenSource| {
+        if value.as_deref() != Some("") {
+            count += 1;
+            first.get_or_insert((value, source));
+        }
+    };
+    for source in sources {
+        match source {
+            TokenSource::Header { name, prefix } => {
+                for v in req.headers_named(name) {
+                    let matches = v
+                        .get(..prefix.len())
+                        .is_some_and(|head| head.eq_ignore_ascii_case(prefix));
+                    if matches {
+                        let token = v.get(prefix.len()..).unwrap_or("").trim();
+                        found(Some(token.to_owned()), source);
+                    }
                 }
-            }),
-            TokenSource::Param(name) => req.query_param(name),
-            TokenSource::Cookie(name) => req.cookie(name).map(str::to_owned),
-        }?;
-        (!value.is_empty()).then_some((value, source))
-    })
+            }
+            TokenSource::Param(name) => req.query_values(name).for_each(|v| found(v, source)),
+            TokenSource::Cookie(name) => req
+                .cookie_values(name)
+                .for_each(|v| found(Some(v.to_owned()), source)),
+        }
+    }
+    match (count, first) {
+        (1, Some((value, source))) => Extracted::One(value, source),
+        (0, _) | (_, None) => Extracted::Nothing,
+        _ => Extracted::Several,
+    }
 }
 
 /// Among several providers' failures, the one that tells the client most: an error found
@@ -385,17 +435,6 @@ fn most_telling(failures: &[Failure]) -> Option<&Failure> {
             )
         })
         .or_else(|| failures.first())
-}
-
-fn all_shadow<'a>(config: &Config, providers: impl IntoIterator<Item = &'a usize>) -> bool {
-    let mut any = false;
-    for &i in providers {
-        any = true;
-        if !config.providers.get(i).is_some_and(|p| p.shadow) {
-            return false;
-        }
-    }
-    any
 }
 
 fn provider_name(config: &Config, index: usize) -> Option<String> {
@@ -548,23 +587,88 @@ fn header_value(v: &Value) -> Option<String> {
         Value::Bool(b) => b.to_string(),
         _ => return None,
     };
-    (!s.chars().any(char::is_control)).then_some(s)
+    is_safe_header_value(&s).then_some(s)
 }
 
-/// Removes the verified credential from the request (`forward: false`).
-fn credential_edits(req: &Request<'_>, found: &Found<'_>, edits: &mut Vec<HeaderEdit>) {
-    match found.source {
-        TokenSource::Header { name, .. } => edits.push(HeaderEdit::Remove(name.clone())),
-        TokenSource::Param(name) => edits.push(HeaderEdit::Set(
-            ":path".to_owned(),
-            without_query_param(req.path_and_query(), name),
-        )),
-        TokenSource::Cookie(name) => {
+/// The credentials to take out of a request before it goes upstream (`forward: false`),
+/// collected first so that several parameters or cookies make one rewrite of `:path` and of
+/// `cookie`.
+#[derive(Default)]
+struct CredentialRemoval<'c> {
+    headers: Vec<&'c str>,
+    params: Vec<&'c str>,
+    cookies: Vec<&'c str>,
+}
+
+impl<'c> CredentialRemoval<'c> {
+    fn add(&mut self, source: &'c TokenSource) {
+        match source {
+            TokenSource::Header { name, .. } => self.headers.push(name),
+            TokenSource::Param(name) => self.params.push(name),
+            TokenSource::Cookie(name) => self.cookies.push(name),
+        }
+    }
+
+    fn apply(self, req: &Request<'_>, edits: &mut Vec<HeaderEdit>) {
+        for name in self.headers {
+            edits.push(HeaderEdit::Remove(name.to_owned()));
+        }
+        if !self.params.is_empty() {
+            let original = req.path_and_query();
+            let path = self
+                .params
+                .iter()
+                .fold(original.to_owned(), |p, name| without_query_param(&p, name));
+            if path != original {
+                edits.push(HeaderEdit::Set(":path".to_owned(), path));
+            }
+        }
+        if !self.cookies.is_empty() {
             let all: Vec<&str> = req.headers_named("cookie").collect();
+            let rest = self
+                .cookies
+                .iter()
+                .try_fold(all.join("; "), |c, name| without_cookie(&c, name));
             edits.push(HeaderEdit::Remove("cookie".to_owned()));
-            if let Some(rest) = without_cookie(&all.join("; "), name) {
+            if let Some(rest) = rest {
                 edits.push(HeaderEdit::Set("cookie".to_owned(), rest));
             }
         }
     }
+}
+
+/// On a refused request that passes anyway (shadow mode), removes every credential that the
+/// route's `forward: false` providers would have taken: it was not verified, and the services
+/// were configured never to receive it.
+fn strip_credentials(
+    config: &Config,
+    route: &Route,
+    req: &Request<'_>,
+    edits: &mut Vec<HeaderEdit>,
+) {
+    let mut removal = CredentialRemoval::default();
+    for provider in route
+        .deciding
+        .iter()
+        .filter_map(|&i| config.providers.get(i))
+    {
+        let (sources, forward) = match &provider.kind {
+            ProviderKind::Jwt(jwt) => (&jwt.sources, jwt.forward),
+            ProviderKind::ApiKey(keys) => (&keys.sources, keys.forward),
+        };
+        if forward {
+            continue;
+        }
+        for source in sources {
+            let present = match source {
+                TokenSource::Header { name, .. } => req.header(name).is_some(),
+                TokenSource::Param(name) => req.query_values(name).next().is_some(),
+                TokenSource::Cookie(name) => req.cookie_values(name).next().is_some(),
+            };
+            if present {
+                removal.add(source);
+            }
+        }
+    }
+    removal.apply(req, edits);
 }

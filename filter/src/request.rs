@@ -1,4 +1,8 @@
 //! The part of a request the decision reads: pseudo-headers and headers, nothing else.
+//!
+//! Query strings and cookies are each parsed by one function ([`query_pairs`],
+//! [`cookie_pairs`]) that both the credential lookup and the credential removal use, so the two
+//! can never disagree about what a parameter or cookie is.
 
 /// A borrowed view of a request's headers, as Envoy hands them to the filter (names in lower
 /// case, pseudo-headers included, repeated headers as separate entries).
@@ -16,10 +20,7 @@ impl<'a> Request<'a> {
 
     /// The first value of a header (`name` in lower case).
     pub fn header(&self, name: &str) -> Option<&'a str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers_named(name).next()
     }
 
     /// Every value of a header.
@@ -54,50 +55,91 @@ impl<'a> Request<'a> {
         self.path_and_query().split_once('?').map(|(_, q)| q)
     }
 
-    /// `:authority` (or `host`), lower-cased by the caller's comparison, port removed.
+    /// `:authority` (or `host`) reduced to the host name routes match against: port and one
+    /// trailing dot removed (`API.example.com.:443` → `API.example.com`). Comparison is
+    /// case-insensitive by the caller.
     pub fn host(&self) -> &'a str {
         let authority = self
             .header(":authority")
             .or_else(|| self.header("host"))
             .unwrap_or("");
-        strip_port(authority)
+        let (host, _) = split_host_port(authority);
+        host.strip_suffix('.').unwrap_or(host)
     }
 
-    /// The value of a query parameter, percent-decoded (`+` is a space, as in forms).
-    pub fn query_param(&self, name: &str) -> Option<String> {
-        self.query()?
-            .split('&')
-            .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
-            .find(|(k, _)| percent_decode(k).as_deref() == Some(name))
-            .and_then(|(_, v)| percent_decode(v))
+    /// Every value of a query parameter, percent-decoded; `None` for a value that is not valid
+    /// percent-encoding or UTF-8 (present, but unreadable).
+    pub fn query_values<'n>(&self, name: &'n str) -> impl Iterator<Item = Option<String>> + 'n
+    where
+        'a: 'n,
+    {
+        query_pairs(self.query().unwrap_or(""))
+            .filter(move |(key, _)| key.as_deref() == Some(name))
+            .map(|(_, value)| percent_decode(value))
     }
 
-    /// The value of a cookie from any `cookie` header.
-    pub fn cookie(&self, name: &str) -> Option<&'a str> {
+    /// Every value of a cookie, from every `cookie` header.
+    pub fn cookie_values<'n>(&self, name: &'n str) -> impl Iterator<Item = &'a str> + 'n
+    where
+        'a: 'n,
+    {
         self.headers_named("cookie")
-            .flat_map(|h| h.split(';'))
-            .filter_map(|c| c.trim().split_once('='))
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.trim_matches('"'))
+            .flat_map(cookie_pairs)
+            .filter(move |(key, _)| *key == name)
+            .map(|(_, value)| value)
     }
 }
 
-/// `host:port` → `host`; `[v6]:port` → `[v6]`.
-fn strip_port(authority: &str) -> &str {
+/// `host:port` → (`host`, `Some(port)`); `[v6]:port` → (`[v6]`, `Some(port)`). A hostname
+/// cannot contain `:`, so whatever follows the last one is the port, numeric or not.
+pub fn split_host_port(authority: &str) -> (&str, Option<&str>) {
     if authority.starts_with('[') {
         return match authority.find(']') {
-            Some(end) => authority.get(..=end).unwrap_or(authority),
-            None => authority,
+            Some(end) => {
+                let host = authority.get(..=end).unwrap_or(authority);
+                let port = authority.get(end + 1..).and_then(|r| r.strip_prefix(':'));
+                (host, port)
+            }
+            None => (authority, None),
         };
     }
     match authority.rsplit_once(':') {
-        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
-        _ => authority,
+        Some((host, port)) => (host, Some(port)),
+        None => (authority, None),
     }
+}
+
+/// The `key=value` pairs of a query string, keys percent-decoded (`None` when undecodable) and
+/// values raw. A pair without `=` has an empty value.
+pub fn query_pairs(query: &str) -> impl Iterator<Item = (Option<String>, &str)> {
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(key), value)
+        })
+}
+
+/// The `name=value` pairs of one `cookie` header (RFC 6265 §4.2.1), quotes around a value
+/// removed; entries without `=` are not cookies and are skipped.
+pub fn cookie_pairs(header: &str) -> impl Iterator<Item = (&str, &str)> {
+    header.split(';').filter_map(|c| {
+        let (name, value) = c.trim().split_once('=')?;
+        let value = value.trim();
+        let value = value
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap_or(value);
+        Some((name.trim(), value))
+    })
 }
 
 /// Decodes `%XX` escapes and `+`; `None` for malformed escapes or invalid UTF-8.
 pub fn percent_decode(s: &str) -> Option<String> {
+    if !s.contains(['%', '+']) {
+        return Some(s.to_owned());
+    }
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -129,6 +171,7 @@ pub fn without_query_param(path_and_query: &str, name: &str) -> String {
     };
     let kept: Vec<&str> = query
         .split('&')
+        .filter(|pair| !pair.is_empty())
         .filter(|pair| {
             let key = pair.split_once('=').map_or(*pair, |(k, _)| k);
             percent_decode(key).as_deref() != Some(name)
@@ -141,18 +184,72 @@ pub fn without_query_param(path_and_query: &str, name: &str) -> String {
     }
 }
 
-/// Removes the cookie `name` from one `cookie` header value; `None` if nothing is left.
+/// Removes the cookie `name` from a `cookie` header value; `None` if nothing is left.
 pub fn without_cookie(header: &str, name: &str) -> Option<String> {
     let kept: Vec<&str> = header
         .split(';')
         .map(str::trim)
-        .filter(|c| !c.is_empty() && c.split_once('=').map_or(*c, |(k, _)| k) != name)
+        .filter(|c| !c.is_empty())
+        .filter(|c| c.split_once('=').is_none_or(|(k, _)| k.trim() != name))
         .collect();
     if kept.is_empty() {
         None
     } else {
         Some(kept.join("; "))
     }
+}
+
+/// Why a path cannot be matched against routes safely, if it cannot.
+///
+/// Until the filter normalises paths itself, it refuses every path that a route rule and the
+/// upstream could read differently: encoded `/`, `\`, `.` and NUL, dot segments, repeated
+/// slashes, `;` parameters, backslashes, percent-encoded unreserved characters, and anything
+/// outside printable ASCII (which includes non-UTF-8 bytes). Routes then see exactly what the upstream will.
+pub fn ambiguous_path(path: &str) -> Option<&'static str> {
+    if !path.starts_with('/') {
+        return Some("the path must start with '/'");
+    }
+    if path.bytes().any(|b| !(0x21..=0x7e).contains(&b)) {
+        return Some("the path holds characters outside printable ASCII");
+    }
+    if path.contains('\\') || path.contains(';') {
+        return Some("the path holds '\\' or ';'");
+    }
+    let lower = path.to_ascii_lowercase();
+    if ["%2f", "%5c", "%2e", "%00", "%3b"]
+        .iter()
+        .any(|e| lower.contains(e))
+    {
+        return Some("the path holds an encoded '/', '\\', '.', ';' or NUL");
+    }
+    if encodes_unreserved(path) {
+        return Some("the path percent-encodes a character that needs no encoding");
+    }
+    if path.contains("//") {
+        return Some("the path holds repeated slashes");
+    }
+    if path
+        .split('/')
+        .any(|segment| segment == "." || segment == "..")
+    {
+        return Some("the path holds '.' or '..' segments");
+    }
+    None
+}
+
+/// Whether the path holds `%XX` for an unreserved character (RFC 3986 §2.3: letters, digits,
+/// `-._~`), which an upstream may decode: `/%61dmin` is `/admin` to it.
+fn encodes_unreserved(path: &str) -> bool {
+    path.match_indices('%').any(|(i, _)| {
+        let hex = path.get(i + 1..i + 3).unwrap_or("");
+        u8::from_str_radix(hex, 16).is_ok_and(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+    })
+}
+
+/// Whether a value can go into an HTTP header as it is: no control characters (CR, LF, NUL…)
+/// that could split or end a header.
+pub fn is_safe_header_value(value: &str) -> bool {
+    !value.chars().any(char::is_control)
 }
 
 #[cfg(test)]
@@ -169,34 +266,67 @@ mod tests {
     fn pseudo_headers_and_host() {
         let h = req(&[
             (":method", "GET"),
-            (":path", "/a/b?x=1&token=a%2Bb+c"),
-            (":authority", "Api.Example.com:8443"),
-            ("cookie", "a=1; session=\"abc\""),
+            (":path", "/a/b?x=1&token=a%2Bb+c&bad=%zz"),
+            (":authority", "Api.Example.com.:8443"),
+            ("cookie", "a=1; session=\"abc\"; flag"),
             ("cookie", "z=2"),
         ]);
         let r = Request::new(&h);
         assert_eq!(r.method(), "GET");
         assert_eq!(r.path(), "/a/b");
         assert_eq!(r.host(), "Api.Example.com");
-        assert_eq!(r.query_param("token").as_deref(), Some("a+b c"));
-        assert_eq!(r.query_param("missing"), None);
-        assert_eq!(r.cookie("session"), Some("abc"));
-        assert_eq!(r.cookie("z"), Some("2"));
-        assert_eq!(strip_port("[::1]:80"), "[::1]");
-        assert_eq!(strip_port("[::1]"), "[::1]");
+        let values = |name: &str| r.query_values(name).collect::<Vec<_>>();
+        assert_eq!(values("token"), vec![Some("a+b c".to_owned())]);
+        assert_eq!(values("bad"), vec![None]);
+        assert!(values("missing").is_empty());
+        assert_eq!(r.cookie_values("session").collect::<Vec<_>>(), vec!["abc"]);
+        assert_eq!(r.cookie_values("z").collect::<Vec<_>>(), vec!["2"]);
+        assert_eq!(r.cookie_values("flag").count(), 0);
+        assert_eq!(split_host_port("[::1]:80"), ("[::1]", Some("80")));
+        assert_eq!(split_host_port("[::1]"), ("[::1]", None));
+        assert_eq!(split_host_port("a.b:xyz"), ("a.b", Some("xyz")));
     }
 
     #[test]
     fn removal_helpers() {
         assert_eq!(without_query_param("/a?t=1&b=2&t=3", "t"), "/a?b=2");
         assert_eq!(without_query_param("/a?t=1", "t"), "/a");
+        assert_eq!(without_query_param("/a?%74=1&b", "t"), "/a?b");
         assert_eq!(without_query_param("/a", "t"), "/a");
         assert_eq!(
             without_cookie("a=1; s=2; b=3", "s").as_deref(),
             Some("a=1; b=3")
         );
         assert_eq!(without_cookie("s=2", "s"), None);
+        assert_eq!(without_cookie("flag; s=2", "s").as_deref(), Some("flag"));
         assert_eq!(percent_decode("%zz"), None);
         assert_eq!(percent_decode("%ff"), None);
+    }
+
+    #[test]
+    fn ambiguous_paths_are_named() {
+        for ok in ["/", "/admin", "/a/b.c/d", "/x%20y", "/a%3Fb", "/a-b_c~"] {
+            assert_eq!(ambiguous_path(ok), None, "{ok}");
+        }
+        for bad in [
+            "admin",
+            "//admin",
+            "/./admin",
+            "/x/../admin",
+            "/admin/.",
+            "/x/%2e%2e/admin",
+            "/x/..%2fadmin",
+            "/x\\..\\admin",
+            "/admin;param",
+            "/%61dmin",
+            "/%7Euser",
+            "/a%00",
+            "/a%5Cb",
+            "/caf\u{e9}",
+            "/a\u{fffd}",
+            "/a b",
+        ] {
+            assert!(ambiguous_path(bad).is_some(), "{bad}");
+        }
     }
 }

@@ -9,7 +9,7 @@ use crate::cache::TokenCache;
 use crate::config::Config;
 use crate::decision::{self, Decision, HeaderEdit, Verdict};
 use crate::reply;
-use crate::request::Request;
+use crate::request::{Request, split_host_port};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 use std::cell::RefCell;
@@ -40,7 +40,7 @@ impl RootContext for Root {
         };
         match Config::from_json(&bytes) {
             Ok(config) => {
-                self.cache = Rc::new(RefCell::new(TokenCache::new(config.token_cache_entries)));
+                self.cache = Rc::new(RefCell::new(config.token_cache()));
                 log_info(&format!(
                     "portcullis: configured {} route(s), {} provider(s)",
                     config.routes.len(),
@@ -62,10 +62,11 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        let config = Rc::clone(self.config.as_ref()?);
+        // Never `None`: the SDK panics on it. Without a configuration (Envoy does not start a
+        // filter whose on_configure failed, but fail closed anyway) every request gets a 503.
         Some(Box::new(Stream {
             context_id,
-            config,
+            config: self.config.clone(),
             cache: Rc::clone(&self.cache),
             seen: None,
             status: None,
@@ -89,7 +90,7 @@ struct Seen {
 
 struct Stream {
     context_id: u32,
-    config: Rc<Config>,
+    config: Option<Rc<Config>>,
     cache: Rc<RefCell<TokenCache>>,
     seen: Option<Seen>,
     status: Option<u16>,
@@ -99,6 +100,15 @@ impl Context for Stream {}
 
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        let Some(config) = self.config.clone() else {
+            self.send_http_response(
+                503,
+                vec![("content-type", "application/json")],
+                Some(br#"{"error":"not_configured","message":"the gateway filter has no valid configuration"}"#),
+            );
+            self.status = Some(503);
+            return Action::Pause;
+        };
         let started = Instant::now();
         // The bytes variant: the SDK's String variant unwraps `from_utf8`, so one header value
         // with obs-text (which Envoy's HTTP/1 codec accepts) would panic and kill the VM.
@@ -111,7 +121,7 @@ impl HttpContext for Stream {
         let now = unix_nanos(self.get_current_time());
         let decision = {
             let mut cache = self.cache.borrow_mut();
-            decision::decide(&self.config, &mut cache, &req, now / 1_000_000_000)
+            decision::decide(&config, &mut cache, &req, now / 1_000_000_000)
         };
         let request_id = req
             .header("x-request-id")
@@ -159,18 +169,27 @@ impl HttpContext for Stream {
     }
 
     fn on_log(&mut self) {
-        let Some(seen) = &self.seen else {
+        let time = audit::rfc3339(unix_nanos(self.get_current_time()));
+        let (Some(seen), Some(config)) = (&self.seen, &self.config) else {
+            // Envoy (or an earlier filter) answered before the request reached this filter.
+            let record = AuditRecord {
+                time,
+                decision: "none",
+                reason: "not_seen",
+                status: self.status,
+                ..AuditRecord::default()
+            };
+            log_info(&record.to_json());
             return;
         };
         let d = &seen.decision;
-        let config = &self.config;
         let route = d
             .route
             .and_then(|i| config.routes.get(i))
             .map(|r| r.name.as_str());
         let identity = d.identity.as_ref();
         let record = AuditRecord {
-            time: audit::rfc3339(unix_nanos(self.get_current_time())),
+            time,
             request_id: &seen.request_id,
             route,
             method: &seen.method,
@@ -200,10 +219,11 @@ impl Stream {
     fn client_ip(&self) -> Option<String> {
         let raw = self.get_property(vec!["source", "address"])?;
         let text = String::from_utf8(raw).ok()?;
-        let ip = match text.strip_prefix('[') {
-            Some(rest) => rest.split(']').next().unwrap_or(rest),
-            None => text.rsplit_once(':').map_or(text.as_str(), |(ip, _)| ip),
-        };
+        let (host, _) = split_host_port(&text);
+        let ip = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
         Some(ip.to_owned())
     }
 }

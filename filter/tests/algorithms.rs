@@ -12,7 +12,6 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use p256::pkcs8::{EncodePrivateKey, LineEnding};
-use portcullis::cache::TokenCache;
 use portcullis::config::Config;
 use portcullis::decision::{Decision, Verdict, decide};
 use portcullis::jwt::{Algorithm, b64};
@@ -111,7 +110,7 @@ fn config(keys: &[Value]) -> Config {
 
 fn decide_token(keys: &[Value], token: &str) -> Decision {
     let config = config(keys);
-    let mut cache = TokenCache::new(config.token_cache_entries);
+    let mut cache = config.token_cache();
     let headers = vec![
         (":method".to_owned(), "GET".to_owned()),
         (":path".to_owned(), "/orders".to_owned()),

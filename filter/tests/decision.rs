@@ -49,6 +49,10 @@ fn config_json() -> Value {
                 "keys": [{"consumer": "acme", "sha256": portcullis::apikey::hash_hex(API_KEY),
                           "scopes": ["orders:read"]}]
             },
+            "trialkeys": {
+                "type": "api_key", "shadow": true,
+                "keys": [{"consumer": "trial", "sha256": portcullis::apikey::hash_hex("trial-key")}]
+            },
             "watch": {
                 "shadow": true,
                 "issuer": "https://other.example.com",
@@ -66,6 +70,7 @@ fn config_json() -> Value {
             {"name": "docs", "match": {"safe_regex": "/docs/[a-z]+"}, "requires": ["corp"], "allow_missing": true},
             {"name": "web", "match": {"prefix": "/web"}, "requires": ["cookie"]},
             {"name": "watched", "match": {"prefix": "/watched"}, "requires": ["watch"]},
+            {"name": "mixed", "match": {"prefix": "/mixed"}, "requires": ["corp", "trialkeys"]},
             {"name": "trial", "match": {"prefix": "/trial"}, "requires": ["corp"], "scopes": ["beta"], "shadow": true}
         ]
     })
@@ -113,7 +118,7 @@ struct Run {
 impl Run {
     fn new() -> Self {
         let config = config();
-        let cache = TokenCache::new(config.token_cache_entries);
+        let cache = config.token_cache();
         Run { config, cache }
     }
 
@@ -565,4 +570,142 @@ fn refusal_reply_body_and_headers() {
     let headers = portcullis::reply::headers(r);
     assert!(headers.contains(&("content-type", "application/json".to_owned())));
     assert!(headers.contains(&("www-authenticate", "Bearer realm=\"demo\"".to_owned())));
+}
+
+#[test]
+fn a_shadow_provider_beside_an_enforcing_one_never_lets_a_request_in() {
+    // A junk or even a valid key of the shadow provider does not open the route...
+    refused(
+        &get("/mixed", &[("x-api-key", "junk")]),
+        401,
+        "missing_credentials",
+    );
+    refused(
+        &get("/mixed", &[("x-api-key", "trial-key")]),
+        401,
+        "missing_credentials",
+    );
+    // ...which the enforcing provider still decides.
+    allowed(&get("/mixed", &[("authorization", &bearer(&token()))]));
+}
+
+#[test]
+fn hosts_are_normalised_before_matching() {
+    let mut run = Run::new();
+    for authority in [
+        "Admin.Example.COM.",
+        "admin.example.com:abc",
+        "x.example.com.:8443",
+    ] {
+        let headers = vec![
+            (":method".to_owned(), "GET".to_owned()),
+            (":path".to_owned(), "/admin".to_owned()),
+            (":authority".to_owned(), authority.to_owned()),
+        ];
+        // No credential: the admin route (hosts *.example.com) is what refuses it.
+        let d = decide(&run.config, &mut run.cache, &Request::new(&headers), NOW);
+        refused(&d, 401, "missing_credentials");
+        assert_eq!(d.route, Some(2), "{authority}");
+    }
+}
+
+#[test]
+fn ambiguous_paths_are_refused_before_routing() {
+    for path in [
+        "//admin",
+        "/./admin",
+        "/x/../admin",
+        "/%61dmin",
+        "/admin/.",
+        "/x/%2e%2e/admin",
+        "/x/..%2fadmin",
+        "/x\\..\\admin",
+        "/admin;param",
+        "/healthz%00",
+    ] {
+        let d = get(path, &[]);
+        refused(&d, 400, "invalid_path");
+        assert_eq!(d.route, None, "{path}");
+    }
+}
+
+#[test]
+fn control_characters_in_sub_are_refused() {
+    let t = token_with(|c| c["sub"] = json!("alice\r\nx-portcullis-consumer: root"));
+    let got = refused(
+        &get("/orders", &[("authorization", &bearer(&t))]),
+        401,
+        "invalid_token",
+    );
+    assert_eq!(got, "token is malformed: sub holds control characters");
+}
+
+#[test]
+fn shadowed_refusals_still_strip_credentials() {
+    // Route in shadow, identity verified, scope missing: the token must not reach upstream.
+    let d = get("/trial", &[("authorization", &bearer(&token()))]);
+    assert!(matches!(&d.verdict, Verdict::Refuse(r) if r.shadow));
+    assert!(removes(&d, "authorization"));
+    // Shadow provider failing: its (forward: false) credential is stripped too.
+    let d = get("/watched", &[("authorization", "Bearer junk")]);
+    assert!(matches!(&d.verdict, Verdict::Refuse(r) if r.shadow));
+    assert!(removes(&d, "authorization"));
+}
+
+#[test]
+fn an_unreadable_query_credential_is_invalid_not_missing() {
+    let d = get("/web?access_token=%zz", &[]);
+    assert_eq!(
+        refused(&d, 401, "invalid_token"),
+        "token is malformed: credential is not valid percent-encoding"
+    );
+}
+
+#[test]
+fn more_than_one_credential_is_a_bad_request() {
+    let t = token();
+    for (path, headers) in [
+        (format!("/web?access_token={t}&access_token={t}"), vec![]),
+        (
+            format!("/web?access_token={t}"),
+            vec![("cookie".to_owned(), format!("session={t}"))],
+        ),
+        (
+            "/orders".to_owned(),
+            vec![
+                ("authorization".to_owned(), bearer(&t)),
+                ("authorization".to_owned(), bearer(&t)),
+            ],
+        ),
+    ] {
+        let extra: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let d = get(&path, &extra);
+        refused(&d, 400, "invalid_request");
+        let Verdict::Refuse(r) = &d.verdict else {
+            unreachable!()
+        };
+        assert!(
+            r.challenge
+                .as_deref()
+                .unwrap()
+                .contains("error=\"invalid_request\"")
+        );
+    }
+}
+
+#[test]
+fn a_parameter_and_a_cookie_together_are_ambiguous() {
+    let t = token();
+    let d = get(
+        &format!("/web/x?keep=1&access_token={t}"),
+        &[("cookie", "session=junk; keep=2")],
+    );
+    // Two credentials (param + cookie) of one provider: refused with 400. Were the refusal
+    // only recorded (shadow), both would leave the request in one rewrite of each header.
+    refused(&d, 400, "invalid_request");
+    assert_eq!(set_value(&d, ":path"), Some("/web/x?keep=1"));
+    assert_eq!(set_value(&d, "cookie"), Some("keep=2"));
 }

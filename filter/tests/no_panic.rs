@@ -181,7 +181,7 @@ proptest! {
     fn arbitrary_tokens_never_panic(token in prop_oneof![".{0,300}", token_like()]) {
         let _ = jws::parse(&token);
         let config = example();
-        let mut cache = TokenCache::new(8);
+        let mut cache = TokenCache::new(8, 1 << 20);
         let h = headers("/api/orders/1", vec![("authorization".to_owned(), format!("Bearer {token}"))]);
         let _ = decide(&config, &mut cache, &Request::new(&h), 1_800_000_000);
     }
@@ -197,7 +197,7 @@ proptest! {
         method in ".{0,8}",
     ) {
         let config = example();
-        let mut cache = TokenCache::new(8);
+        let mut cache = TokenCache::new(8, 1 << 20);
         let h = vec![
             (":method".to_owned(), method),
             (":path".to_owned(), format!("{path}?{query}")),

@@ -51,7 +51,7 @@ pub unsafe extern "C" fn bench_setup(ptr: *const u8, len: u32) -> i32 {
         return 3;
     };
     let now = doc["now"].as_u64().unwrap_or(0);
-    let cache = TokenCache::new(config.token_cache_entries);
+    let cache = config.token_cache();
     STATE.with(|s| {
         *s.borrow_mut() = Some(State {
             config,

@@ -26,8 +26,10 @@ pub struct Config {
     pub providers: Vec<Provider>,
     /// Routes, in order: the first match wins.
     pub routes: Vec<Route>,
-    /// Capacity of the verified-token cache; 0 turns it off.
+    /// Capacity of the verified-token cache in tokens; 0 turns it off.
     pub token_cache_entries: usize,
+    /// Capacity of the verified-token cache in (approximate) bytes; 0 turns it off.
+    pub token_cache_bytes: usize,
     /// Headers that carry the verified identity to the services.
     pub identity_headers: IdentityHeaders,
     /// Every header name the filter sets from an identity (identity headers, `claim_to_headers`,
@@ -87,10 +89,10 @@ fn read_config(cx: &mut Ctx, doc: &Value) -> Option<Config> {
             "must not contain quotes, backslashes or control characters",
         );
     }
-    let token_cache_entries = top
-        .get("verified_token_cache")
-        .and_then(|v| read_cache(cx, v, "verified_token_cache"))
-        .unwrap_or(DEFAULT_TOKEN_CACHE_ENTRIES);
+    let (token_cache_entries, token_cache_bytes) = match top.get("verified_token_cache") {
+        Some(v) => read_cache(cx, v, "verified_token_cache"),
+        None => (DEFAULT_TOKEN_CACHE_ENTRIES, DEFAULT_TOKEN_CACHE_BYTES),
+    };
     let identity_headers = match top.get("identity_headers") {
         Some(v) => read_identity_headers(cx, v, "identity_headers"),
         None => IdentityHeaders::default(),
@@ -110,6 +112,7 @@ fn read_config(cx: &mut Ctx, doc: &Value) -> Option<Config> {
         providers,
         routes,
         token_cache_entries,
+        token_cache_bytes,
         identity_headers,
         protected_headers,
     })
@@ -132,14 +135,30 @@ fn protected_headers(identity: &IdentityHeaders, providers: &[Provider]) -> Vec<
     names
 }
 
-/// Default capacity of the verified-token cache.
+/// Default capacity of the verified-token cache, in tokens.
 pub const DEFAULT_TOKEN_CACHE_ENTRIES: usize = 1024;
+/// Default capacity of the verified-token cache, in bytes (per worker VM).
+pub const DEFAULT_TOKEN_CACHE_BYTES: usize = 8 << 20;
 
-fn read_cache(cx: &mut Ctx, v: &Value, path: &str) -> Option<usize> {
-    let mut o = Obj::new(cx, v, path)?;
-    let n = o.u64(cx, "max_entries", 1_000_000);
+fn read_cache(cx: &mut Ctx, v: &Value, path: &str) -> (usize, usize) {
+    let Some(mut o) = Obj::new(cx, v, path) else {
+        return (0, 0);
+    };
+    let entries = o.u64(cx, "max_entries", 100_000);
+    let bytes = o.u64(cx, "max_bytes", 256 << 20);
     o.finish(cx);
-    n.and_then(|n| usize::try_from(n).ok())
+    let size = |n: Option<u64>, default| n.and_then(|n| usize::try_from(n).ok()).unwrap_or(default);
+    (
+        size(entries, DEFAULT_TOKEN_CACHE_ENTRIES),
+        size(bytes, DEFAULT_TOKEN_CACHE_BYTES),
+    )
+}
+
+impl Config {
+    /// An empty verified-token cache sized as configured (one per worker VM).
+    pub fn token_cache(&self) -> crate::cache::TokenCache {
+        crate::cache::TokenCache::new(self.token_cache_entries, self.token_cache_bytes)
+    }
 }
 
 impl Default for IdentityHeaders {
@@ -191,6 +210,33 @@ pub fn header_name(cx: &mut Ctx, v: &Value, path: &str) -> Option<String> {
         return None;
     }
     Some(s.to_ascii_lowercase())
+}
+
+/// Reads a list of OAuth scopes: each a scope-token of RFC 6749 §3.3 (printable ASCII without
+/// space, `"` or `\`), so it can be compared with a token's `scope` and quoted in a challenge.
+pub fn scope_list(cx: &mut Ctx, o: &mut reader::Obj<'_>, key: &'static str) -> Vec<String> {
+    let path = o.field_path(key);
+    o.str_list(cx, key)
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, scope)| {
+            let valid = !scope.is_empty()
+                && scope
+                    .bytes()
+                    .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b));
+            if valid {
+                Some(scope.to_owned())
+            } else {
+                cx.error(
+                    &reader::index(&path, i),
+                    format!(
+                        "{scope:?} is not a scope (printable ASCII without space, '\"' or '\\')"
+                    ),
+                );
+                None
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

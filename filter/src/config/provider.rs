@@ -338,15 +338,19 @@ fn read_one_key(cx: &mut Ctx, v: &Value, path: &str) -> Option<ApiKey> {
     let consumer = o.required_str(cx, "consumer").map(str::to_owned);
     if consumer.as_deref() == Some("") {
         cx.error(&o.field_path("consumer"), "must not be empty");
+    } else if consumer
+        .as_deref()
+        .is_some_and(|c| !crate::request::is_safe_header_value(c))
+    {
+        cx.error(
+            &o.field_path("consumer"),
+            "must not contain control characters (it is sent in a header)",
+        );
     }
     let sha256 = o
         .required_str(cx, "sha256")
         .and_then(|s| parse_sha256_hex(cx, s, &o.field_path("sha256")));
-    let scopes = o
-        .str_list(cx, "scopes")
-        .into_iter()
-        .map(str::to_owned)
-        .collect();
+    let scopes = super::scope_list(cx, &mut o, "scopes");
     o.finish(cx);
     Some(ApiKey {
         sha256: sha256?,

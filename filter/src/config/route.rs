@@ -20,6 +20,12 @@ pub struct Route {
     pub public: bool,
     /// Indexes of the providers that may authenticate the request (any of them).
     pub requires: Vec<usize>,
+    /// The providers whose verdict counts: those of `requires` not in shadow mode, or all of
+    /// them when every one is in shadow mode. A shadow provider beside enforcing ones never
+    /// lets a request in.
+    pub deciding: Vec<usize>,
+    /// Every required provider is in shadow mode, so every refusal is only recorded.
+    pub shadow_providers_only: bool,
     /// A request without any credential passes anonymously (a bad credential still fails).
     pub allow_missing: bool,
     /// Scopes the identity must hold, all of them.
@@ -130,11 +136,7 @@ fn read_route(
         })
         .collect();
     let allow_missing = o.bool(cx, "allow_missing", false);
-    let scopes: Vec<String> = o
-        .str_list(cx, "scopes")
-        .into_iter()
-        .map(str::to_owned)
-        .collect();
+    let scopes = super::scope_list(cx, &mut o, "scopes");
     let claims: Vec<ClaimRule> = o
         .array(cx, "claims")
         .into_iter()
@@ -156,6 +158,14 @@ fn read_route(
         );
     }
     o.finish(cx);
+    let is_shadow = |i: &usize| providers.get(*i).is_some_and(|p| p.shadow);
+    let enforcing: Vec<usize> = requires.iter().copied().filter(|i| !is_shadow(i)).collect();
+    let shadow_providers_only = !requires.is_empty() && enforcing.is_empty();
+    let deciding = if shadow_providers_only {
+        requires.clone()
+    } else {
+        enforcing
+    };
     Some(Route {
         name,
         hosts,
@@ -163,6 +173,8 @@ fn read_route(
         path: path_match,
         public,
         requires,
+        deciding,
+        shadow_providers_only,
         allow_missing,
         scopes,
         claims,
@@ -222,28 +234,41 @@ fn read_match(cx: &mut Ctx, v: &Value, path: &str) -> Option<MatchParts> {
     Some((hosts, methods, path_match))
 }
 
+/// A host rule: `*`, `*.example.com`, a name, or a bracketed IPv6 address. Names are lower-cased
+/// and a trailing dot dropped, as the request side does; ports are refused, since the request's
+/// port is never part of the match.
 fn read_host(cx: &mut Ctx, h: &str, path: &str) -> Option<HostMatch> {
     let lower = h.to_ascii_lowercase();
-    let valid_chars = |s: &str| {
+    let lower = lower.strip_suffix('.').unwrap_or(&lower);
+    let is_name = |s: &str| {
         !s.is_empty()
+            && !s.starts_with('.')
+            && !s.contains("..")
             && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b))
+                .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+    };
+    let is_ipv6 = |s: &str| {
+        s.strip_prefix('[')
+            .and_then(|r| r.strip_suffix(']'))
+            .is_some_and(|inner| {
+                !inner.is_empty()
+                    && inner
+                        .bytes()
+                        .all(|b| b.is_ascii_hexdigit() || b":.".contains(&b))
+            })
     };
     if lower == "*" {
         Some(HostMatch::Any)
-    } else if let Some(rest) = lower.strip_prefix("*.") {
-        if valid_chars(rest) {
-            Some(HostMatch::Suffix(format!(".{rest}")))
-        } else {
-            cx.error(path, format!("{h:?} is not a host name"));
-            None
-        }
-    } else if valid_chars(&lower) {
-        Some(HostMatch::Exact(lower))
+    } else if let Some(rest) = lower.strip_prefix("*.").filter(|r| is_name(r)) {
+        Some(HostMatch::Suffix(format!(".{rest}")))
+    } else if is_name(lower) || is_ipv6(lower) {
+        Some(HostMatch::Exact(lower.to_owned()))
     } else {
         cx.error(
             path,
-            format!("{h:?} is not a host name (\"*\" and \"*.example.com\" are the wildcards)"),
+            format!(
+                "{h:?} is not a host name (no port; \"*\" and \"*.example.com\" are the wildcards; IPv6 in brackets)"
+            ),
         );
         None
     }

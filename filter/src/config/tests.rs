@@ -235,6 +235,22 @@ fn every_error_names_its_path() {
             "routes[1].match.hosts[0]: \"a b\" is not a host name",
         ),
         (
+            Box::new(|d| d["routes"][1]["match"]["hosts"] = json!(["api.example.com:8443"])),
+            "routes[1].match.hosts[0]: \"api.example.com:8443\" is not a host name",
+        ),
+        (
+            Box::new(|d| d["routes"][1]["scopes"] = json!(["orders read"])),
+            "routes[1].scopes[0]: \"orders read\" is not a scope",
+        ),
+        (
+            Box::new(|d| d["providers"]["keys"]["keys"][0]["scopes"] = json!(["a\"b"])),
+            "providers.keys.keys[0].scopes[0]: \"a\\\"b\" is not a scope",
+        ),
+        (
+            Box::new(|d| d["providers"]["keys"]["keys"][0]["consumer"] = json!("a\nb")),
+            "providers.keys.keys[0].consumer: must not contain control characters",
+        ),
+        (
             Box::new(|d| d["routes"][1]["claims"][0] = json!({"name": "x"})),
             "routes[1].claims[0]: a claim rule needs exactly one of",
         ),
@@ -257,6 +273,10 @@ fn every_error_names_its_path() {
         (
             Box::new(|d| d["verified_token_cache"] = json!({"max_entries": 10_000_000})),
             "verified_token_cache.max_entries: 10000000 is larger than the maximum",
+        ),
+        (
+            Box::new(|d| d["verified_token_cache"] = json!({"max_bytes": 1u64 << 40})),
+            "verified_token_cache.max_bytes: 1099511627776 is larger than the maximum",
         ),
         (
             Box::new(|d| d["identity_headers"] = json!({"subject": "x y"})),

@@ -80,7 +80,11 @@ pub fn validate(
     }
     let subject = match claims.get("sub") {
         None => None,
-        Some(Value::String(s)) => Some(s.clone()),
+        // `sub` goes into a request header: a CR, LF or NUL could split or end it.
+        Some(Value::String(s)) if crate::request::is_safe_header_value(s) => Some(s.clone()),
+        Some(Value::String(_)) => {
+            return Err(JwtError::Malformed("sub holds control characters"));
+        }
         Some(_) => return Err(JwtError::Malformed("sub is not a string")),
     };
     let scopes = scopes_of(&claims)?;
@@ -160,23 +164,21 @@ fn audience_matches(claims: &Map<String, Value>, accepted: &[String]) -> Result<
 
 fn scopes_of(claims: &Map<String, Value>) -> Result<Vec<String>, JwtError> {
     let mut scopes = Vec::new();
-    match claims.get("scope") {
-        None => {}
-        Some(Value::String(s)) => scopes.extend(s.split_whitespace().map(str::to_owned)),
-        Some(_) => return Err(JwtError::Malformed("scope is not a string")),
-    }
-    match claims.get("scp") {
-        None => {}
-        Some(Value::String(s)) => scopes.extend(s.split_whitespace().map(str::to_owned)),
-        Some(Value::Array(items)) => {
-            for item in items {
-                match item {
-                    Value::String(s) => scopes.push(s.clone()),
-                    _ => return Err(JwtError::Malformed("scp holds a non-string")),
+    for (name, arrays_allowed, error) in [
+        ("scope", false, "scope is not a space-delimited string"),
+        ("scp", true, "scp is not a string or an array of strings"),
+    ] {
+        match claims.get(name) {
+            None => {}
+            Some(Value::String(s)) => scopes.extend(s.split_whitespace().map(str::to_owned)),
+            Some(Value::Array(items)) if arrays_allowed => {
+                for item in items {
+                    let s = item.as_str().ok_or(JwtError::Malformed(error))?;
+                    scopes.push(s.to_owned());
                 }
             }
+            Some(_) => return Err(JwtError::Malformed(error)),
         }
-        Some(_) => return Err(JwtError::Malformed("scp is not a string or array")),
     }
     Ok(scopes)
 }

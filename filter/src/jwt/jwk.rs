@@ -207,8 +207,8 @@ impl KeySet {
 /// Each refused key is reported with its path and skipped, so one reading shows every mistake.
 /// Two keys with the same `kid` and the same pinned `alg` are refused (which one a token meant
 /// would be ambiguous); the same `kid` on keys of different algorithms is allowed (RFC 7517
-/// §4.5), since the algorithm then tells them apart. A set may mix HMAC and public keys: each
-/// key only ever verifies its own algorithm.
+/// §4.5), since the algorithm then tells them apart. A set that mixes secret (oct) keys with
+/// public keys is refused (Wycheproof calls it ambiguous): a provider is one issuer.
 pub fn read_jwks(cx: &mut Ctx, value: &Value, path: &str) -> KeySet {
     let Some(mut obj) = Obj::new(cx, value, path) else {
         return KeySet::default();
