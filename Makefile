@@ -4,7 +4,7 @@ WASM_TARGET := wasm32-wasip1
 WASM := target/$(WASM_TARGET)/release/portcullis.wasm
 CARGO ?= cargo
 
-.PHONY: all build setup test lint fmt bench clean
+.PHONY: all build setup test test-modules lint fmt bench clean
 
 all: build
 
@@ -25,9 +25,14 @@ lint: setup
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --locked --target $(WASM_TARGET) -p portcullis-filter --lib -- -D warnings
+	$(CARGO) clippy --locked --target $(WASM_TARGET) -p portcullis-test-module -- -D warnings
+
+## test-modules: the proxy-wasm test module that host/tests/abi_module.rs runs.
+test-modules: setup
+	$(CARGO) build --release --locked --target $(WASM_TARGET) -p portcullis-test-module
 
 ## test: lint, unit and conformance tests, the wasm build.
-test: lint build
+test: lint build test-modules
 	$(CARGO) test --locked --workspace --exclude portcullis-bench
 
 ## bench: per-request decision cost, natively and inside wasmtime (prints figures, never fails on time).

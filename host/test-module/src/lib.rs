@@ -1,0 +1,14 @@
+//! A proxy-wasm 0.2.5 module for portcullis-host's ABI tests. One module, many behaviours: the
+//! plugin configuration `{"mode": "<mode>"}` picks what the HTTP context does, so ABI calls the
+//! real filter never makes can be tested against the host. Results are reported as log lines
+//! starting with `result:` (the tests capture the host's log sink).
+//!
+//! Modes: `pause_request_body`, `local_reply_body`, `http_call`, `grpc_call`, `tick`,
+//! `shared_cas`, `metrics`, `trap`, `properties`, `queue`, `reject` (on_configure → false);
+//! anything else passes every callback through. The WASI environment variable
+//! `PORTCULLIS_TEST_INIT=restricted` makes `_initialize` call a restricted hostcall.
+//!
+//! Only built for wasm32: natively the crate is empty so `cargo clippy --workspace` stays quiet.
+
+#[cfg(target_arch = "wasm32")]
+mod module;

@@ -1,0 +1,382 @@
+//! The behaviours; see the crate docs for the list of modes.
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType, Status};
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::Duration;
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Trace);
+    let _ = hostcalls::log(LogLevel::Info, "test-module: _initialize");
+    if std::env::var("PORTCULLIS_TEST_INIT").as_deref() == Ok("restricted") {
+        // Envoy refuses every proxy_* call but proxy_log while the VM starts.
+        let _ = hostcalls::set_tick_period(Duration::from_millis(5));
+        let _ = hostcalls::log(LogLevel::Info, "result: restricted call returned");
+    }
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
+}}
+
+fn result(msg: &str) {
+    let _ = hostcalls::log(LogLevel::Info, &format!("result: {msg}"));
+}
+
+/// Extracts the string value of `"mode"` from the configuration without a JSON dependency.
+fn mode_of(config: &[u8]) -> String {
+    let text = String::from_utf8_lossy(config);
+    let Some(at) = text.find("\"mode\"") else {
+        return String::new();
+    };
+    let rest = &text[at + 6..];
+    let mut parts = rest.splitn(3, '"');
+    let _ = parts.next();
+    parts.next().unwrap_or_default().to_owned()
+}
+
+#[derive(Default)]
+struct Root {
+    mode: Rc<String>,
+    ticks: u32,
+    metrics: Rc<Metrics>,
+    queue: Option<u32>,
+}
+
+#[derive(Default)]
+struct Metrics {
+    counter: Cell<u32>,
+    gauge: Cell<u32>,
+    histogram: Cell<u32>,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_vm_start(&mut self, size: usize) -> bool {
+        result(&format!("on_vm_start size={size}"));
+        true
+    }
+
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let config = self.get_plugin_configuration().unwrap_or_default();
+        self.mode = Rc::new(mode_of(&config));
+        match self.mode.as_str() {
+            "reject" => {
+                let _ = hostcalls::log(LogLevel::Error, "test-module: configuration rejected");
+                return false;
+            }
+            "tick" => self.set_tick_period(Duration::from_millis(250)),
+            "metrics" => {
+                let m = Metrics::default();
+                m.counter.set(
+                    hostcalls::define_metric(MetricType::Counter, "test.requests").unwrap_or(0),
+                );
+                m.gauge
+                    .set(hostcalls::define_metric(MetricType::Gauge, "test.active").unwrap_or(0));
+                m.histogram.set(
+                    hostcalls::define_metric(MetricType::Histogram, "test.latency").unwrap_or(0),
+                );
+                result(&format!(
+                    "ids {} {} {}",
+                    m.counter.get(),
+                    m.gauge.get(),
+                    m.histogram.get()
+                ));
+                self.metrics = Rc::new(m);
+            }
+            "queue" => self.queue = Some(self.register_shared_queue("test-queue")),
+            _ => {}
+        }
+        result(&format!("configured mode={}", self.mode));
+        true
+    }
+
+    fn on_tick(&mut self) {
+        self.ticks += 1;
+        result(&format!("tick {}", self.ticks));
+    }
+
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        match self.dequeue_shared_queue(queue_id) {
+            Ok(Some(bytes)) => result(&format!(
+                "dequeued {queue_id} {}",
+                String::from_utf8_lossy(&bytes)
+            )),
+            Ok(None) => result(&format!("dequeued {queue_id} empty")),
+            Err(status) => result(&format!("dequeue {queue_id} error {status:?}")),
+        }
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Stream {
+            context_id,
+            mode: Rc::clone(&self.mode),
+            metrics: Rc::clone(&self.metrics),
+            queue: self.queue,
+            cas: None,
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Stream {
+    context_id: u32,
+    mode: Rc<String>,
+    metrics: Rc<Metrics>,
+    queue: Option<u32>,
+    cas: Option<Option<u32>>,
+}
+
+impl Context for Stream {
+    fn on_http_call_response(&mut self, token: u32, headers: usize, body: usize, trailers: usize) {
+        let status = self
+            .get_http_call_response_header(":status")
+            .unwrap_or_default();
+        let bytes = self
+            .get_http_call_response_body(0, body)
+            .unwrap_or_default();
+        let trailer = self
+            .get_http_call_response_trailer("x-trailer")
+            .unwrap_or_default();
+        result(&format!(
+            "http_call_response token={token} headers={headers} body={body} trailers={trailers} status={status} trailer={trailer}"
+        ));
+        self.set_http_request_header("x-call-status", Some(&status));
+        self.set_http_request_header("x-call-body", Some(&String::from_utf8_lossy(&bytes)));
+        self.resume_http_request();
+    }
+
+    fn on_grpc_call_response(&mut self, token: u32, status: u32, size: usize) {
+        let value = if status == 0 {
+            let body = self
+                .get_grpc_call_response_body(0, size)
+                .unwrap_or_default();
+            format!("ok:{}", String::from_utf8_lossy(&body))
+        } else {
+            let (code, message) = self.get_grpc_status();
+            format!("fail:{status}:{code}:{}", message.unwrap_or_default())
+        };
+        result(&format!("grpc_call_response token={token} {value}"));
+        self.set_http_request_header("x-grpc-result", Some(&value));
+        self.resume_http_request();
+    }
+}
+
+impl HttpContext for Stream {
+    fn on_http_request_headers(&mut self, n: usize, eos: bool) -> Action {
+        result(&format!(
+            "request_headers ctx={} n={n} eos={eos}",
+            self.context_id
+        ));
+        match self.mode.as_str() {
+            "http_call" => {
+                let sent = self.dispatch_http_call(
+                    "auth_cluster",
+                    vec![
+                        (":method", "POST"),
+                        (":path", "/check"),
+                        (":authority", "auth"),
+                    ],
+                    Some(b"ping"),
+                    vec![("x-t", "1")],
+                    Duration::from_millis(1500),
+                );
+                match sent {
+                    Ok(token) => {
+                        result(&format!("http_call token={token}"));
+                        let missing = self.dispatch_http_call(
+                            "auth_cluster",
+                            vec![(":method", "GET")],
+                            None,
+                            vec![],
+                            Duration::from_secs(1),
+                        );
+                        result(&format!("http_call without :path → {missing:?}"));
+                        Action::Pause
+                    }
+                    Err(status) => {
+                        result(&format!("http_call error {status:?}"));
+                        Action::Continue
+                    }
+                }
+            }
+            "grpc_call" => {
+                let sent = self.dispatch_grpc_call(
+                    "grpc_cluster",
+                    "test.Checker",
+                    "Check",
+                    vec![("x-md", b"v")],
+                    Some(b"request-message"),
+                    Duration::from_secs(2),
+                );
+                match sent {
+                    Ok(token) => {
+                        result(&format!("grpc_call token={token}"));
+                        Action::Pause
+                    }
+                    Err(status) => {
+                        result(&format!("grpc_call error {status:?}"));
+                        Action::Continue
+                    }
+                }
+            }
+            "shared_cas" => {
+                let (value, cas) = self.get_shared_data("counter");
+                result(&format!(
+                    "shared get value={} cas={cas:?}",
+                    String::from_utf8_lossy(&value.unwrap_or_default())
+                ));
+                self.cas = Some(cas);
+                Action::Continue
+            }
+            "metrics" => {
+                let m = &self.metrics;
+                let inc = hostcalls::increment_metric(m.counter.get(), 1);
+                let zero = hostcalls::increment_metric(m.counter.get(), 0);
+                let negative = hostcalls::increment_metric(m.counter.get(), -3);
+                let added = hostcalls::record_metric(m.counter.get(), 5);
+                let gauge_up = hostcalls::increment_metric(m.gauge.get(), 10);
+                let gauge_down = hostcalls::increment_metric(m.gauge.get(), -4);
+                let gauge_value = hostcalls::get_metric(m.gauge.get());
+                let gauge_set = hostcalls::record_metric(m.gauge.get(), 42);
+                let hist = hostcalls::record_metric(m.histogram.get(), 7);
+                let hist_inc = hostcalls::increment_metric(m.histogram.get(), 1);
+                let hist_get = hostcalls::get_metric(m.histogram.get());
+                let counter = hostcalls::get_metric(m.counter.get());
+                let gauge = hostcalls::get_metric(m.gauge.get());
+                let unknown = hostcalls::get_metric(1000);
+                let again = hostcalls::define_metric(MetricType::Counter, "test.requests");
+                result(&format!(
+                    "metrics inc={inc:?} zero={zero:?} negative={negative:?} added={added:?} \
+                     gauge_up={gauge_up:?} gauge_down={gauge_down:?} gauge_value={gauge_value:?} \
+                     gauge_set={gauge_set:?} hist={hist:?} hist_inc={hist_inc:?} \
+                     hist_get={hist_get:?} counter={counter:?} gauge={gauge:?} \
+                     unknown={unknown:?} again={again:?}"
+                ));
+                Action::Continue
+            }
+            "trap" => {
+                if self.get_http_request_header("x-trap").is_some() {
+                    panic!("test-module: trap requested");
+                }
+                Action::Continue
+            }
+            "properties" => {
+                let mut out = Vec::new();
+                for path in [
+                    vec!["source", "address"],
+                    vec!["source", "port"],
+                    vec!["destination", "address"],
+                    vec!["request", "path"],
+                    vec!["request", "url_path"],
+                    vec!["request", "method"],
+                    vec!["request", "host"],
+                    vec!["request", "id"],
+                    vec!["request", "protocol"],
+                    vec!["request", "headers", "x-a"],
+                    vec!["connection", "mtls"],
+                    vec!["plugin_name"],
+                    vec!["plugin_root_id"],
+                    vec!["plugin_vm_id"],
+                    vec!["nope"],
+                ] {
+                    let value = self.get_property(path.clone());
+                    out.push(format!("{}={}", path.join("."), show(value)));
+                }
+                self.set_property(vec!["my_state"], Some(b"kept"));
+                result(&format!("properties {}", out.join(" ")));
+                Action::Continue
+            }
+            "queue" => {
+                if let Some(queue) = self.queue {
+                    let r = self.enqueue_shared_queue(queue, Some(b"hello"));
+                    result(&format!("enqueue {queue} {r:?}"));
+                }
+                let missing = self.enqueue_shared_queue(9999, Some(b"x"));
+                result(&format!("enqueue missing {missing:?}"));
+                Action::Continue
+            }
+            _ => Action::Continue,
+        }
+    }
+
+    fn on_http_request_body(&mut self, size: usize, eos: bool) -> Action {
+        result(&format!("request_body size={size} eos={eos}"));
+        match self.mode.as_str() {
+            "pause_request_body" => {
+                if !eos {
+                    return Action::Pause;
+                }
+                let body = self.get_http_request_body(0, size).unwrap_or_default();
+                let upper = body.to_ascii_uppercase();
+                self.set_http_request_body(0, size, &upper);
+                self.set_http_request_body(usize::MAX, 0, b"!");
+                Action::Continue
+            }
+            "local_reply_body" => {
+                self.send_http_response(
+                    413,
+                    vec![("x-reason", "Too Big"), ("X-Upper", "yes")],
+                    Some(b"body refused"),
+                );
+                Action::Continue
+            }
+            "shared_cas" => {
+                let cas = self.cas.flatten();
+                let next = format!("ctx{}", self.context_id);
+                match self.set_shared_data("counter", Some(next.as_bytes()), cas) {
+                    Ok(()) => result("shared set ok"),
+                    Err(Status::CasMismatch) => result("shared set cas_mismatch"),
+                    Err(other) => result(&format!("shared set {other:?}")),
+                }
+                Action::Continue
+            }
+            _ => Action::Continue,
+        }
+    }
+
+    fn on_http_response_headers(&mut self, n: usize, eos: bool) -> Action {
+        result(&format!("response_headers n={n} eos={eos}"));
+        if self.mode.as_str() == "properties" {
+            let path = self.get_property(vec!["request", "path"]);
+            let kept = self.get_property(vec!["my_state"]);
+            result(&format!(
+                "response properties request.path={} my_state={}",
+                show(path),
+                show(kept)
+            ));
+        }
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        if self.mode.as_str() == "properties" {
+            let path = self.get_property(vec!["request", "path"]);
+            let header = self.get_http_request_header("x-a");
+            result(&format!("log request.path={} x-a={header:?}", show(path)));
+        } else {
+            result("on_log");
+        }
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        // The SDK drops the context on proxy_on_delete.
+        result(&format!("deleted ctx={}", self.context_id));
+    }
+}
+
+/// Strings as text, anything else as hex, missing as `-`.
+fn show(value: Option<Vec<u8>>) -> String {
+    match value {
+        None => "-".to_owned(),
+        Some(bytes) => match String::from_utf8(bytes.clone()) {
+            Ok(s) if s.chars().all(|c| !c.is_control()) => s,
+            _ => bytes.iter().map(|b| format!("{b:02x}")).collect(),
+        },
+    }
+}
