@@ -4,7 +4,7 @@ WASM_TARGET := wasm32-wasip1
 WASM := target/$(WASM_TARGET)/release/portcullis.wasm
 CARGO ?= cargo
 
-.PHONY: all build setup test test-modules lint fmt bench clean
+.PHONY: all build setup run test test-modules lint fmt bench clean
 
 all: build
 
@@ -19,6 +19,12 @@ build: setup
 	$(CARGO) build --release --locked --target $(WASM_TARGET) -p portcullis-filter --lib
 	$(CARGO) build --release --locked -p portcullis-cli
 	@ls -l $(WASM) | awk '{print "portcullis.wasm: " $$5 " bytes"}'
+
+## run: a local gateway without Docker: the host with the filter on envoy/local.yaml, two demo
+## upstream services, and ready-to-paste curl commands (scripts/run-local.sh). Ctrl-C stops it.
+run: build
+	$(CARGO) build --release --locked -p portcullis-host --bins
+	./scripts/run-local.sh
 
 ## lint: formatting and clippy (native and wasm32), warnings are errors.
 lint: setup

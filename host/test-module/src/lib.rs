@@ -5,7 +5,10 @@
 //!
 //! Modes: `pause_request_body`, `local_reply_body`, `http_call`, `grpc_call`, `tick`,
 //! `shared_cas`, `metrics`, `trap`, `properties`, `queue`, `reject` (on_configure → false);
-//! anything else passes every callback through. The WASI environment variable
+//! anything else passes every callback through. `{"cluster": "..."}` retargets the
+//! callouts of `http_call` / `grpc_call` (defaults `auth_cluster` / `grpc_cluster`); request
+//! headers `x-grpc-method` (gRPC method, default `Check`) and `x-echo-delay-ms` (copied into the
+//! HTTP callout) let the end-to-end tests steer them. The WASI environment variable
 //! `PORTCULLIS_TEST_INIT=restricted` makes `_initialize` call a restricted hostcall.
 //!
 //! Only built for wasm32: natively the crate is empty so `cargo clippy --workspace` stays quiet.

@@ -24,11 +24,17 @@ fn result(msg: &str) {
 
 /// Extracts the string value of `"mode"` from the configuration without a JSON dependency.
 fn mode_of(config: &[u8]) -> String {
+    field_of(config, "mode")
+}
+
+/// Extracts the string value of `"<key>"` from the configuration (flat JSON, no escapes).
+fn field_of(config: &[u8], key: &str) -> String {
     let text = String::from_utf8_lossy(config);
-    let Some(at) = text.find("\"mode\"") else {
+    let quoted = format!("\"{key}\"");
+    let Some(at) = text.find(&quoted) else {
         return String::new();
     };
-    let rest = &text[at + 6..];
+    let rest = &text[at + quoted.len()..];
     let mut parts = rest.splitn(3, '"');
     let _ = parts.next();
     parts.next().unwrap_or_default().to_owned()
@@ -37,6 +43,8 @@ fn mode_of(config: &[u8]) -> String {
 #[derive(Default)]
 struct Root {
     mode: Rc<String>,
+    /// `"cluster"` in the configuration: the callout target (modes `http_call`, `grpc_call`).
+    cluster: Rc<String>,
     ticks: u32,
     metrics: Rc<Metrics>,
     queue: Option<u32>,
@@ -60,6 +68,7 @@ impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
         let config = self.get_plugin_configuration().unwrap_or_default();
         self.mode = Rc::new(mode_of(&config));
+        self.cluster = Rc::new(field_of(&config, "cluster"));
         match self.mode.as_str() {
             "reject" => {
                 let _ = hostcalls::log(LogLevel::Error, "test-module: configuration rejected");
@@ -111,6 +120,7 @@ impl RootContext for Root {
         Some(Box::new(Stream {
             context_id,
             mode: Rc::clone(&self.mode),
+            cluster: Rc::clone(&self.cluster),
             metrics: Rc::clone(&self.metrics),
             queue: self.queue,
             cas: None,
@@ -125,6 +135,7 @@ impl RootContext for Root {
 struct Stream {
     context_id: u32,
     mode: Rc<String>,
+    cluster: Rc<String>,
     metrics: Rc<Metrics>,
     queue: Option<u32>,
     cas: Option<Option<u32>>,
@@ -173,13 +184,24 @@ impl HttpContext for Stream {
         ));
         match self.mode.as_str() {
             "http_call" => {
+                let cluster = if self.cluster.is_empty() {
+                    "auth_cluster".to_owned()
+                } else {
+                    self.cluster.to_string()
+                };
+                // End-to-end tests pass `x-echo-delay-ms` on to the echo upstream.
+                let delay = self.get_http_request_header("x-echo-delay-ms");
+                let mut call_headers = vec![
+                    (":method", "POST"),
+                    (":path", "/check"),
+                    (":authority", "auth"),
+                ];
+                if let Some(d) = delay.as_deref() {
+                    call_headers.push(("x-echo-delay-ms", d));
+                }
                 let sent = self.dispatch_http_call(
-                    "auth_cluster",
-                    vec![
-                        (":method", "POST"),
-                        (":path", "/check"),
-                        (":authority", "auth"),
-                    ],
+                    &cluster,
+                    call_headers,
                     Some(b"ping"),
                     vec![("x-t", "1")],
                     Duration::from_millis(1500),
@@ -188,7 +210,7 @@ impl HttpContext for Stream {
                     Ok(token) => {
                         result(&format!("http_call token={token}"));
                         let missing = self.dispatch_http_call(
-                            "auth_cluster",
+                            &cluster,
                             vec![(":method", "GET")],
                             None,
                             vec![],
@@ -204,10 +226,19 @@ impl HttpContext for Stream {
                 }
             }
             "grpc_call" => {
+                let cluster = if self.cluster.is_empty() {
+                    "grpc_cluster".to_owned()
+                } else {
+                    self.cluster.to_string()
+                };
+                // End-to-end tests pick the method (the test server fails some).
+                let method = self
+                    .get_http_request_header("x-grpc-method")
+                    .unwrap_or_else(|| "Check".to_owned());
                 let sent = self.dispatch_grpc_call(
-                    "grpc_cluster",
+                    &cluster,
                     "test.Checker",
-                    "Check",
+                    &method,
                     vec![("x-md", b"v")],
                     Some(b"request-message"),
                     Duration::from_secs(2),
