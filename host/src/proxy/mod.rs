@@ -91,6 +91,26 @@ struct ListenerSpec {
     tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
+/// The server's local address (Envoy `LocalInfo::address()`, from
+/// `Network::Utility::getLocalAddress(IpVersion::v4)` in source/server/server.cc): what the
+/// connection manager appends to `x-forwarded-for` instead of a loopback peer
+/// (conn_manager_utility.cc `mutateRequestHeaders`). Envoy takes the first non-loopback IPv4
+/// address of `getifaddrs()`; without libc the host asks the kernel which source address it
+/// would use for a route out (a UDP `connect` sends nothing) — the same address on a
+/// single-interface machine — and, like Envoy without one, falls back to 127.0.0.1.
+pub(crate) fn local_address() -> std::net::IpAddr {
+    static LOCAL: std::sync::OnceLock<std::net::IpAddr> = std::sync::OnceLock::new();
+    *LOCAL.get_or_init(|| {
+        let routed = std::net::UdpSocket::bind(("0.0.0.0", 0))
+            .and_then(|s| s.connect(("192.0.2.1", 9)).map(|()| s))
+            .and_then(|s| s.local_addr())
+            .map(|a| a.ip())
+            .ok()
+            .filter(|ip| !ip.is_loopback() && !ip.is_unspecified());
+        routed.unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
+    })
+}
+
 fn critical(config: &std::path::Path, msg: &str) {
     eprintln!(
         "[critical][main] error initializing configuration '{}': {msg}",
@@ -223,6 +243,7 @@ fn start(opts: &Options, boot: Bootstrap) -> Result<i32, String> {
     let mut threads = Vec::new();
     let workers = opts.concurrency.max(1);
     eprintln!("[info][main] starting {workers} worker(s)");
+    eprintln!("[info][main] local address: {}", local_address());
     for id in 0..workers {
         let process = Arc::clone(&process);
         let boot = Arc::clone(&boot);

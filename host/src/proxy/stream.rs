@@ -330,23 +330,59 @@ impl Stream {
             .await;
     }
 
-    /// ConnectionManagerUtility::mutateRequestHeaders, the parts a filter can observe.
+    /// ConnectionManagerUtility::mutateRequestHeaders (Envoy
+    /// source/common/http/conn_manager_utility.cc), the parts a filter can observe: the
+    /// `x-forwarded-for` the upstream receives, `x-forwarded-proto`, `x-request-id`, and the
+    /// *downstream remote address* — which the connection manager replaces with the trusted
+    /// client address it derives (conn_manager_impl.cc `setDownstreamRemoteAddress`), so the
+    /// filters' `source.address` / `source.port` change too.
+    ///
+    /// Envoy's HCM documentation (`use_remote_address`, `xff_num_trusted_hops`, and
+    /// "config_http_conn_man_headers_x-forwarded-for"):
+    /// - `use_remote_address: true`: the trusted client address is the `xff_num_trusted_hops`-th
+    ///   address from the right of the incoming XFF (`getLastAddressFromXFF(hops - 1)`), else
+    ///   the connection's peer; the peer is appended to XFF — a loopback peer as the server's
+    ///   local address instead (`config.localAddress()`); `x-forwarded-proto` is overwritten
+    ///   unless trusted hops exist and the header is present.
+    /// - `use_remote_address: false` (the default): XFF is left as received and the trusted
+    ///   client address is the (`xff_num_trusted_hops` + 1)-th from the right (the default
+    ///   original-IP detection, extensions/http/original_ip_detection/xff `XffIPDetection`);
+    ///   with too few entries or an entry that is not an IP, the peer stays.
     fn mutate_request_headers(&mut self, h: &mut HeaderMap, scheme: &str) {
         let hcm = &self.l.hcm;
+        let hops = hcm.xff_num_trusted_hops;
+        // Several XFF lines are one inline header to Envoy, joined by "," as the codec adds them.
+        let received = h.get_all("x-forwarded-for");
+        let xff = (!received.is_empty()).then(|| received.join(&b","[..]));
+        let mut trusted: Option<SocketAddr> = None;
         if hcm.use_remote_address {
-            let peer = self
-                .info
-                .source
-                .map(|s| s.ip().to_string())
-                .unwrap_or_default();
-            let xff = match h.get_str("x-forwarded-for") {
-                Some(prev) if !prev.is_empty() => format!("{prev},{peer}"),
-                _ => peer,
-            };
-            h.replace("x-forwarded-for", xff.as_bytes());
-            h.replace("x-forwarded-proto", scheme.as_bytes());
-        } else if h.get("x-forwarded-proto").is_none() {
+            if hops > 0 {
+                trusted = last_address_from_xff(xff.as_deref(), hops - 1);
+            }
+            if let Some(peer) = self.info.source {
+                let appended = if peer.ip().is_loopback() {
+                    super::local_address()
+                } else {
+                    peer.ip()
+                };
+                let mut value = xff.unwrap_or_default();
+                if !value.is_empty() {
+                    value.push(b',');
+                }
+                value.extend_from_slice(appended.to_string().as_bytes());
+                h.replace("x-forwarded-for", &value);
+            }
+            if hops == 0 || h.get("x-forwarded-proto").is_none() {
+                h.replace("x-forwarded-proto", scheme.as_bytes());
+            }
+        } else {
+            trusted = last_address_from_xff(xff.as_deref(), hops);
+        }
+        if h.get("x-forwarded-proto").is_none() {
             h.add("x-forwarded-proto", scheme.as_bytes());
+        }
+        if let Some(addr) = trusted {
+            self.info.source = Some(addr);
         }
         // An edge (use_remote_address) request's id is not trusted (Envoy regenerates it
         // unless preserve_external_request_id).
@@ -1070,6 +1106,35 @@ async fn gone(head: &mut Option<oneshot::Sender<Head>>, down: &Option<BodySender
         (None, Some(d)) => d.closed().await,
         (None, None) => std::future::pending().await,
     }
+}
+
+/// Envoy `Http::Utility::getLastAddressFromXFF` (source/common/http/utility.cc): drops the
+/// last `skip` comma-separated entries, takes the text after the last remaining comma (the
+/// whole rest when there is none, or when that comma ends the text), trims whitespace and
+/// parses it as a bare IPv4/IPv6 address (`parseInternetAddressNoThrow`, port 0). Too few
+/// entries or anything but an IP — a port, brackets, a name, garbage — gives `None`, so a bad
+/// entry never becomes the trusted address.
+fn last_address_from_xff(xff: Option<&[u8]>, skip: u32) -> Option<SocketAddr> {
+    let mut rest = xff?;
+    for _ in 0..skip {
+        let comma = rest.iter().rposition(|&b| b == b',')?;
+        rest = rest.get(..comma)?;
+    }
+    if let Some(comma) = rest.iter().rposition(|&b| b == b',')
+        && comma + 1 < rest.len()
+    {
+        rest = rest.get(comma + 1..)?;
+    }
+    // StringUtil::ltrim/rtrim: Envoy's whitespace set.
+    let is_space = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c);
+    let start = rest.iter().position(|b| !is_space(b)).unwrap_or(rest.len());
+    let end = rest
+        .iter()
+        .rposition(|b| !is_space(b))
+        .map_or(start, |e| e + 1);
+    let text = std::str::from_utf8(rest.get(start..end)?).ok()?;
+    let ip: std::net::IpAddr = text.parse().ok()?;
+    Some(SocketAddr::new(ip, 0))
 }
 
 /// `prefix_rewrite`: the `matched` prefix (or the whole path of a `path` match) replaced

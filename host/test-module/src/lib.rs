@@ -4,7 +4,11 @@
 //! starting with `result:` (the tests capture the host's log sink).
 //!
 //! Modes: `pause_request_body`, `local_reply_body`, `http_call`, `grpc_call`, `tick`,
-//! `shared_cas`, `metrics`, `trap`, `properties`, `queue`, `reject` (on_configure → false);
+//! `shared_cas`, `metrics`, `trap`, `properties`, `queue`, `reject` (on_configure → false),
+//! `source_address` (copies `source.address` / `source.port` into request headers
+//! `x-source-address` / `x-source-port`), `cas_counter` (each request increments the shared
+//! counter `cas_counter` with CAS retries and reports it in `x-cas-counter`, the VM's number in
+//! `x-vm` and the retries in `x-cas-mismatches`; `x-cas-read` only reads it);
 //! anything else passes every callback through. `{"cluster": "..."}` retargets the
 //! callouts of `http_call` / `grpc_call` (defaults `auth_cluster` / `grpc_cluster`); request
 //! headers `x-grpc-method` (gRPC method, default `Check`) and `x-echo-delay-ms` (copied into the

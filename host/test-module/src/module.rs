@@ -48,6 +48,8 @@ struct Root {
     ticks: u32,
     metrics: Rc<Metrics>,
     queue: Option<u32>,
+    /// Mode `cas_counter`: this VM's number, taken from shared data at configure time.
+    vm_number: u64,
 }
 
 #[derive(Default)]
@@ -94,6 +96,23 @@ impl RootContext for Root {
                 self.metrics = Rc::new(m);
             }
             "queue" => self.queue = Some(self.register_shared_queue("test-queue")),
+            "cas_counter" => match cas_increment("cas_vm_seq") {
+                Ok((n, _)) => {
+                    // A missing key cannot be compare-and-swapped (CAS 0 means "no check"), so
+                    // the counter is created here: the canary VM configures alone, before the
+                    // workers, and every later increment is a real CAS.
+                    if let Ok((None, _)) = hostcalls::get_shared_data("cas_counter") {
+                        let _ = hostcalls::set_shared_data("cas_counter", Some(b"0"), None);
+                    }
+                    self.vm_number = n;
+                }
+                Err(attempts) => {
+                    result(&format!(
+                        "cas_counter vm number failed after {attempts} attempts"
+                    ));
+                    return false;
+                }
+            },
             _ => {}
         }
         result(&format!("configured mode={}", self.mode));
@@ -124,6 +143,7 @@ impl RootContext for Root {
             metrics: Rc::clone(&self.metrics),
             queue: self.queue,
             cas: None,
+            vm_number: self.vm_number,
         }))
     }
 
@@ -139,6 +159,44 @@ struct Stream {
     metrics: Rc<Metrics>,
     queue: Option<u32>,
     cas: Option<Option<u32>>,
+    vm_number: u64,
+}
+
+/// Most CAS attempts per increment (mode `cas_counter`): contention between two workers needs
+/// a few; running out means the host's CAS is broken (or starving a VM).
+const CAS_ATTEMPTS: u32 = 10_000;
+
+/// Reads the decimal counter `key` from shared data and writes it back incremented with the
+/// CAS it was read with, retrying on `CasMismatch`. Returns the new value and the number of
+/// mismatches, or the attempts made when it gave up.
+fn cas_increment(key: &str) -> Result<(u64, u32), u32> {
+    let mut mismatches = 0;
+    for _ in 0..CAS_ATTEMPTS {
+        let Ok((value, cas)) = hostcalls::get_shared_data(key) else {
+            return Err(mismatches + 1);
+        };
+        let current = value
+            .as_deref()
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        // Hold the read value for a millisecond (on the host's clock) so the other worker's
+        // VM, running in parallel, writes in between often.
+        let start = hostcalls::get_current_time().ok();
+        while let (Some(t0), Ok(now)) = (start, hostcalls::get_current_time()) {
+            if now.duration_since(t0).unwrap_or_default() >= Duration::from_millis(1) {
+                break;
+            }
+        }
+        let next = current + 1;
+        // A missing key has no CAS (None = 0 = no check): only the canary's first write.
+        match hostcalls::set_shared_data(key, Some(next.to_string().as_bytes()), cas) {
+            Ok(()) => return Ok((next, mismatches)),
+            Err(Status::CasMismatch) => mismatches += 1,
+            Err(_) => return Err(mismatches + 1),
+        }
+    }
+    Err(CAS_ATTEMPTS)
 }
 
 impl Context for Stream {
@@ -320,6 +378,42 @@ impl HttpContext for Stream {
                 self.set_property(vec!["my_state"], Some(b"kept"));
                 result(&format!("properties {}", out.join(" ")));
                 Action::Continue
+            }
+            "source_address" => {
+                // What Envoy's connection manager made the downstream remote address (after
+                // `use_remote_address` / `xff_num_trusted_hops`), for the upstream to see.
+                let address = show(self.get_property(vec!["source", "address"]));
+                let port = self
+                    .get_property(vec!["source", "port"])
+                    .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+                    .map_or_else(|| "-".to_owned(), |b| u64::from_le_bytes(b).to_string());
+                self.set_http_request_header("x-source-address", Some(&address));
+                self.set_http_request_header("x-source-port", Some(&port));
+                Action::Continue
+            }
+            "cas_counter" => {
+                self.set_http_request_header("x-vm", Some(&self.vm_number.to_string()));
+                if self.get_http_request_header("x-cas-read").is_some() {
+                    let (value, _) = self.get_shared_data("cas_counter");
+                    let value = String::from_utf8_lossy(&value.unwrap_or_default()).into_owned();
+                    self.set_http_request_header("x-cas-counter", Some(&value));
+                    return Action::Continue;
+                }
+                match cas_increment("cas_counter") {
+                    Ok((value, mismatches)) => {
+                        self.set_http_request_header("x-cas-counter", Some(&value.to_string()));
+                        self.set_http_request_header(
+                            "x-cas-mismatches",
+                            Some(&mismatches.to_string()),
+                        );
+                        Action::Continue
+                    }
+                    Err(attempts) => {
+                        let body = format!("cas gave up after {attempts} attempts");
+                        self.send_http_response(500, vec![], Some(body.as_bytes()));
+                        Action::Pause
+                    }
+                }
             }
             "queue" => {
                 if let Some(queue) = self.queue {
