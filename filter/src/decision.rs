@@ -331,10 +331,7 @@ fn authenticate_route<'c>(
         let Some(provider) = config.providers.get(index) else {
             continue;
         };
-        let (sources, forward) = match &provider.kind {
-            ProviderKind::Jwt(jwt) => (&jwt.sources, jwt.forward),
-            ProviderKind::ApiKey(keys) => (&keys.sources, keys.forward),
-        };
+        let (sources, forward) = provider.sources();
         let (value, source) = match extract(req, sources) {
             Extracted::Nothing => continue,
             Extracted::Several => return AuthOutcome::Ambiguous { provider: index },
@@ -652,10 +649,7 @@ fn strip_credentials(
         .iter()
         .filter_map(|&i| config.providers.get(i))
     {
-        let (sources, forward) = match &provider.kind {
-            ProviderKind::Jwt(jwt) => (&jwt.sources, jwt.forward),
-            ProviderKind::ApiKey(keys) => (&keys.sources, keys.forward),
-        };
+        let (sources, forward) = provider.sources();
         if forward {
             continue;
         }

@@ -215,11 +215,14 @@ pub fn ambiguous_path(path: &str) -> Option<&'static str> {
     if path.contains('\\') || path.contains(';') {
         return Some("the path holds '\\' or ';'");
     }
-    let lower = path.to_ascii_lowercase();
-    if ["%2f", "%5c", "%2e", "%00", "%3b"]
-        .iter()
-        .any(|e| lower.contains(e))
-    {
+    let encoded_forbidden = path.match_indices('%').any(|(i, _)| {
+        path.get(i + 1..i + 3).is_some_and(|hex| {
+            ["2f", "5c", "2e", "00", "3b"]
+                .iter()
+                .any(|e| hex.eq_ignore_ascii_case(e))
+        })
+    });
+    if encoded_forbidden {
         return Some("the path holds an encoded '/', '\\', '.', ';' or NUL");
     }
     if encodes_unreserved(path) {

@@ -16,6 +16,17 @@ pub struct Provider {
     pub kind: ProviderKind,
 }
 
+impl Provider {
+    /// Where this provider looks for its credential, and whether the credential is kept in the
+    /// request sent upstream.
+    pub fn sources(&self) -> (&[TokenSource], bool) {
+        match &self.kind {
+            ProviderKind::Jwt(jwt) => (&jwt.sources, jwt.forward),
+            ProviderKind::ApiKey(keys) => (&keys.sources, keys.forward),
+        }
+    }
+}
+
 /// The credential a provider checks.
 #[derive(Debug)]
 pub enum ProviderKind {
