@@ -6,7 +6,7 @@
 
 use anyhow::{Context, Result, bail};
 use portcullis::config::Config;
-use portcullis::decision::{Verdict, decide};
+use portcullis::decision::Verdict;
 use portcullis::jwt::Algorithm;
 use portcullis::mint::SigningKey;
 use portcullis::request::Request;
@@ -375,4 +375,22 @@ fn write_u32s(c: &mut Caller<'_, ()>, values: &[(u32, u32)]) -> i32 {
         }
     }
     0
+}
+
+/// The header decision for a request without a body from a fixed peer, at `now` seconds.
+fn decide(
+    config: &portcullis::config::Config,
+    cache: &mut portcullis::cache::TokenCache,
+    req: &Request<'_>,
+    now: u64,
+) -> portcullis::decision::Decision {
+    let store = portcullis::burst::MemoryStore::default();
+    let mut env = portcullis::decision::Env {
+        cache,
+        store: &store,
+        now_ns: now.saturating_mul(1_000_000_000),
+        peer: Some(std::net::IpAddr::from([203, 0, 113, 7])),
+        end_of_stream: true,
+    };
+    portcullis::decision::decide(config, &mut env, req)
 }

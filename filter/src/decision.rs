@@ -4,10 +4,14 @@
 //! cache, it returns a [`Decision`]. The proxy-wasm glue applies it; tests call it directly.
 
 use crate::apikey;
+use crate::burst::SharedStore;
 use crate::cache::TokenCache;
+use crate::client_ip::client_ip;
 use crate::config::{
     ClaimRule, ClaimTest, Config, HostMatch, PathMatch, ProviderKind, Route, TokenSource,
 };
+use crate::guard;
+pub use crate::guard::{BodyKind, BodyPlan, Stop};
 use crate::jwt::JwtError;
 use crate::jwt::authenticate::authenticate;
 use crate::jwt::claims::VerifiedToken;
@@ -15,6 +19,7 @@ use crate::request::{
     Request, ambiguous_path, is_safe_header_value, without_cookie, without_query_param,
 };
 use serde_json::Value;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 /// What the filter does with a request.
@@ -33,6 +38,10 @@ pub struct Decision {
     /// Header edits to apply to the request before it goes upstream (also on a shadowed
     /// refusal, which passes).
     pub edits: Vec<HeaderEdit>,
+    /// The client address the checks used.
+    pub client_ip: Option<IpAddr>,
+    /// What to do with the request body, when one follows and the request passes.
+    pub body: Option<BodyPlan>,
 }
 
 /// Pass, or refuse with a reply.
@@ -55,6 +64,10 @@ pub struct Refusal {
     pub message: String,
     /// `WWW-Authenticate` value, if the status calls for one.
     pub challenge: Option<String>,
+    /// Other headers of the reply (`Retry-After`, `Allow`).
+    pub headers: Vec<(&'static str, String)>,
+    /// Structured details for the JSON body (schema violations).
+    pub details: Option<Value>,
     /// Recorded only: the request passes.
     pub shadow: bool,
 }
@@ -137,30 +150,101 @@ impl Identity {
     }
 }
 
-/// Decides one request at header time.
-pub fn decide(config: &Config, cache: &mut TokenCache, req: &Request<'_>, now: u64) -> Decision {
-    let mut edits = strip_protected(config, req);
-    let refused = |status, error, message: String, reason, edits| Decision {
+/// What the decision reads besides the headers: the worker's state and the connection.
+pub struct Env<'w> {
+    /// The worker's verified-token cache.
+    pub cache: &'w mut TokenCache,
+    /// Data shared by every worker (the burst guard's buckets).
+    pub store: &'w dyn SharedStore,
+    /// Now, in nanoseconds since the Unix epoch.
+    pub now_ns: u64,
+    /// The connection's peer (`source.address`).
+    pub peer: Option<IpAddr>,
+    /// Whether the headers end the request (no body follows).
+    pub end_of_stream: bool,
+}
+
+/// Decides one request at header time, cheapest checks first: limits and path, route, method,
+/// client address, burst guard, body size and type, then identity.
+pub fn decide(config: &Config, env: &mut Env<'_>, req: &Request<'_>) -> Decision {
+    let edits = strip_protected(config, req);
+    let refused = |stop: Stop, edits| Decision {
         route: None,
         identity: None,
-        verdict: Verdict::Refuse(Refusal {
-            status,
-            error,
-            message,
-            challenge: None,
-            shadow: false,
-        }),
-        reason,
-        rule: None,
+        verdict: Verdict::Refuse(stop.refusal),
+        reason: stop.reason,
+        rule: stop.rule,
         edits,
+        client_ip: None,
+        body: None,
     };
+    if let Some(stop) = guard::request_limits(&config.limits, req, false) {
+        return refused(stop, edits);
+    }
     if let Some(why) = ambiguous_path(req.path()) {
-        return refused(400, "invalid_path", why.to_owned(), "invalid_path", edits);
+        return refused(Stop::new(400, "invalid_path", why.to_owned()), edits);
     }
     let Some((index, route)) = find_route(config, req) else {
-        let message = "no route allows this request".to_owned();
-        return refused(403, "no_route", message, "no_route", edits);
+        let stop = Stop::new(403, "no_route", "no route allows this request".to_owned());
+        return refused(stop, edits);
     };
+    let client = client_ip(
+        env.peer,
+        req.headers_named("x-forwarded-for"),
+        config.xff_num_trusted_hops,
+    )
+    .map(|(ip, _)| ip);
+
+    // Refusals of checks in shadow mode are remembered and evaluation goes on, so that an
+    // enforcing check further down still decides.
+    let mut shadowed: Option<Stop> = None;
+    const CHECKS: usize = 5;
+    let check = |step: usize, env: &Env<'_>| match step {
+        0 => guard::method_allowed(route, req),
+        1 => guard::request_limits(&route.limits, req, true),
+        2 => guard::ip_filters(config.ip_filter.as_ref(), route, client),
+        3 => guard::burst(env.store, route, index, client, env.now_ns),
+        _ => guard::body_headers(route, req, env.end_of_stream),
+    };
+    for stop in (0..CHECKS).filter_map(|step| check(step, env)) {
+        if stop.refusal.shadow || route.shadow {
+            shadowed.get_or_insert(stop.shadowed());
+        } else {
+            let mut d = refused(stop, edits);
+            d.route = Some(index);
+            d.client_ip = client;
+            return d;
+        }
+    }
+
+    let now = env.now_ns / 1_000_000_000;
+    let mut decision = authenticate_and_authorize(config, env.cache, index, route, req, now, edits);
+    decision.client_ip = client;
+    if let (Verdict::Allow, Some(stop)) = (&decision.verdict, shadowed) {
+        decision.verdict = Verdict::Refuse(stop.refusal);
+        decision.reason = stop.reason;
+        decision.rule = stop.rule;
+    }
+    let passes = match &decision.verdict {
+        Verdict::Allow => true,
+        Verdict::Refuse(r) => r.shadow,
+    };
+    if passes && !env.end_of_stream {
+        decision.body = Some(guard::body_plan(route, index, req));
+    }
+    decision
+}
+
+/// The identity part of the decision, on a matched route.
+fn authenticate_and_authorize(
+    config: &Config,
+    cache: &mut TokenCache,
+    index: usize,
+    route: &Route,
+    req: &Request<'_>,
+    now: u64,
+    mut edits: Vec<HeaderEdit>,
+) -> Decision {
     let mut decision = Decision {
         route: Some(index),
         identity: None,
@@ -168,6 +252,8 @@ pub fn decide(config: &Config, cache: &mut TokenCache, req: &Request<'_>, now: u
         reason: "public",
         rule: None,
         edits: Vec::new(),
+        client_ip: None,
+        body: None,
     };
     if route.public {
         decision.edits = edits;
@@ -191,6 +277,8 @@ pub fn decide(config: &Config, cache: &mut TokenCache, req: &Request<'_>, now: u
                 error: "missing_credentials",
                 message: "credentials are required".to_owned(),
                 challenge: Some(challenge(config, route, None)),
+                headers: Vec::new(),
+                details: None,
                 shadow,
             });
             decision.reason = "missing_credentials";
@@ -209,6 +297,8 @@ pub fn decide(config: &Config, cache: &mut TokenCache, req: &Request<'_>, now: u
                     Some(("invalid_request", &message)),
                 )),
                 message,
+                headers: Vec::new(),
+                details: None,
                 shadow,
             });
             decision.reason = "invalid_request";
@@ -228,6 +318,8 @@ pub fn decide(config: &Config, cache: &mut TokenCache, req: &Request<'_>, now: u
                 error,
                 message: message.clone(),
                 challenge: Some(challenge(config, route, Some(("invalid_token", &message)))),
+                headers: Vec::new(),
+                details: None,
                 shadow,
             });
             decision.reason = error;
@@ -265,7 +357,7 @@ pub fn find_route<'c>(config: &'c Config, req: &Request<'_>) -> Option<(usize, &
     config.routes.iter().enumerate().find(|(_, r)| {
         (r.hosts.is_empty() || r.hosts.iter().any(|h| host_matches(h, host)))
             && (r.methods.is_empty() || r.methods.iter().any(|m| m == method))
-            && path_matches(&r.path, path)
+            && path_matches(&r.path, path, r.case_sensitive)
     })
 }
 
@@ -282,11 +374,15 @@ fn host_matches(rule: &HostMatch, host: &str) -> bool {
     }
 }
 
-fn path_matches(rule: &PathMatch, path: &str) -> bool {
+fn path_matches(rule: &PathMatch, path: &str, case_sensitive: bool) -> bool {
     match rule {
         PathMatch::Any => true,
-        PathMatch::Exact(p) => p == path,
-        PathMatch::Prefix(p) => path.starts_with(p.as_str()),
+        PathMatch::Exact(p) if case_sensitive => p == path,
+        PathMatch::Exact(p) => p.eq_ignore_ascii_case(path),
+        PathMatch::Prefix(p) if case_sensitive => path.starts_with(p.as_str()),
+        PathMatch::Prefix(p) => path
+            .get(..p.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(p)),
         PathMatch::Regex(r) => r.is_match(path),
     }
 }
@@ -459,6 +555,8 @@ fn authorize(
             error: "insufficient_scope",
             message,
             challenge: Some(challenge),
+            headers: Vec::new(),
+            details: None,
             shadow: false,
         });
     }
@@ -480,6 +578,8 @@ fn authorize(
                 Some(("insufficient_scope", &message)),
             )),
             message,
+            headers: Vec::new(),
+            details: None,
             shadow: false,
         });
     }

@@ -6,9 +6,14 @@
 
 pub mod apikey;
 pub mod audit;
+pub mod burst;
 pub mod cache;
+pub mod client_ip;
 pub mod config;
 pub mod decision;
+pub mod guard;
+pub mod ipset;
+pub mod json_limits;
 pub mod jwt;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod mint;

@@ -12,15 +12,20 @@ pub fn headers(refusal: &Refusal) -> Vec<(&'static str, String)> {
     if let Some(c) = &refusal.challenge {
         h.push(("www-authenticate", c.clone()));
     }
+    h.extend(refusal.headers.iter().cloned());
     h
 }
 
-/// `{"error": "...", "message": "...", "request_id": "..."}`.
+/// `{"error": "...", "message": "...", "request_id": "..."}`, plus `details` (schema
+/// violations) when the refusal has them.
 pub fn body(refusal: &Refusal, request_id: &str) -> String {
-    serde_json::json!({
+    let mut body = serde_json::json!({
         "error": refusal.error,
         "message": refusal.message,
         "request_id": request_id,
-    })
-    .to_string()
+    });
+    if let (Some(details), Some(map)) = (&refusal.details, body.as_object_mut()) {
+        map.insert("details".to_owned(), details.clone());
+    }
+    body.to_string()
 }

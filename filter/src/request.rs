@@ -24,7 +24,7 @@ impl<'a> Request<'a> {
     }
 
     /// Every value of a header.
-    pub fn headers_named<'n>(&self, name: &'n str) -> impl Iterator<Item = &'a str> + 'n
+    pub fn headers_named<'n>(&self, name: &'n str) -> impl DoubleEndedIterator<Item = &'a str> + 'n
     where
         'a: 'n,
     {

@@ -5,14 +5,17 @@
 //! request headers are read in `on_http_request_headers`, because Envoy serves them only then.
 
 use crate::audit::{self, AuditRecord};
+use crate::burst::{SharedStore, StoreError};
 use crate::cache::TokenCache;
 use crate::config::Config;
-use crate::decision::{self, Decision, HeaderEdit, Verdict};
+use crate::decision::{self, BodyPlan, Decision, Env, HeaderEdit, Refusal, Verdict};
+use crate::guard::{self, Stop};
 use crate::reply;
 use crate::request::{Request, split_host_port};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
+use proxy_wasm::types::{Action, ContextType, LogLevel, Status};
 use std::cell::RefCell;
+use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -70,6 +73,8 @@ impl RootContext for Root {
             cache: Rc::clone(&self.cache),
             seen: None,
             status: None,
+            body: None,
+            body_bytes: 0,
         }))
     }
 
@@ -83,7 +88,6 @@ struct Seen {
     request_id: String,
     method: String,
     path: String,
-    client_ip: Option<String>,
     decision: Decision,
     latency_us: u64,
 }
@@ -94,12 +98,16 @@ struct Stream {
     cache: Rc<RefCell<TokenCache>>,
     seen: Option<Seen>,
     status: Option<u16>,
+    /// What to do with the request body, when the headers passed and a body follows.
+    body: Option<BodyPlan>,
+    /// Body bytes seen so far when the body streams through.
+    body_bytes: u64,
 }
 
 impl Context for Stream {}
 
 impl HttpContext for Stream {
-    fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
         let Some(config) = self.config.clone() else {
             self.send_http_response(
                 503,
@@ -121,19 +129,21 @@ impl HttpContext for Stream {
         let now = unix_nanos(self.get_current_time());
         let decision = {
             let mut cache = self.cache.borrow_mut();
-            decision::decide(&config, &mut cache, &req, now / 1_000_000_000)
+            let mut env = Env {
+                cache: &mut cache,
+                store: &HostStore,
+                now_ns: now,
+                peer: self.peer(),
+                end_of_stream,
+            };
+            decision::decide(&config, &mut env, &req)
         };
         let request_id = req
             .header("x-request-id")
             .map_or_else(|| format!("{now:x}-{:x}", self.context_id), str::to_owned);
         let action = match &decision.verdict {
             Verdict::Refuse(refusal) if !refusal.shadow => {
-                let body = reply::body(refusal, &request_id);
-                let headers = reply::headers(refusal);
-                let pairs: Vec<(&str, &str)> =
-                    headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-                self.send_http_response(u32::from(refusal.status), pairs, Some(body.as_bytes()));
-                self.status = Some(refusal.status);
+                self.refuse(refusal, &request_id);
                 Action::Pause
             }
             _ => {
@@ -145,6 +155,7 @@ impl HttpContext for Stream {
                         }
                     }
                 }
+                self.body = decision.body;
                 Action::Continue
             }
         };
@@ -152,11 +163,57 @@ impl HttpContext for Stream {
             request_id,
             method: req.method().to_owned(),
             path: req.path().to_owned(),
-            client_ip: self.client_ip(),
             decision,
             latency_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
         });
         action
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let (Some(plan), Some(config)) = (self.body, self.config.clone()) else {
+            return Action::Continue;
+        };
+        let size = u64::try_from(body_size).unwrap_or(u64::MAX);
+        if !plan.buffer {
+            // Streaming: each call carries one chunk.
+            self.body_bytes = self.body_bytes.saturating_add(size);
+            if self.body_bytes > plan.max_bytes {
+                self.refuse_body(guard::too_large(plan.max_bytes));
+                return Action::Pause;
+            }
+            return Action::Continue;
+        }
+        // Buffering: after a Pause, each call carries the whole body so far.
+        if size > plan.max_bytes {
+            self.refuse_body(guard::too_large(plan.max_bytes));
+            return Action::Pause;
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        let started = Instant::now();
+        let body = self.get_http_request_body(0, body_size).unwrap_or_default();
+        let stop = config
+            .routes
+            .get(plan.route)
+            .and_then(|route| guard::check_body(route, &plan, &body));
+        let elapsed = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        if let Some(seen) = &mut self.seen {
+            seen.latency_us = seen.latency_us.saturating_add(elapsed);
+        }
+        match stop {
+            Some(stop) => {
+                let shadow = config.routes.get(plan.route).is_some_and(|r| r.shadow);
+                if shadow {
+                    self.record_body_refusal(stop.shadowed());
+                    Action::Continue
+                } else {
+                    self.refuse_body(stop);
+                    Action::Pause
+                }
+            }
+            None => Action::Continue,
+        }
     }
 
     fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
@@ -188,13 +245,14 @@ impl HttpContext for Stream {
             .and_then(|i| config.routes.get(i))
             .map(|r| r.name.as_str());
         let identity = d.identity.as_ref();
+        let client_ip = d.client_ip.map(|ip| ip.to_string());
         let record = AuditRecord {
             time,
             request_id: &seen.request_id,
             route,
             method: &seen.method,
             path: &seen.path,
-            client_ip: seen.client_ip.as_deref(),
+            client_ip: client_ip.as_deref(),
             provider: identity
                 .and_then(|i| config.providers.get(i.provider))
                 .map(|p| p.name.as_str()),
@@ -215,8 +273,8 @@ impl HttpContext for Stream {
 }
 
 impl Stream {
-    /// `source.address` without its port (`1.2.3.4:5678`, `[::1]:5678`).
-    fn client_ip(&self) -> Option<String> {
+    /// `source.address` without its port (`1.2.3.4:5678`, `[::1]:5678`), as an address.
+    fn peer(&self) -> Option<IpAddr> {
         let raw = self.get_property(vec!["source", "address"])?;
         let text = String::from_utf8(raw).ok()?;
         let (host, _) = split_host_port(&text);
@@ -224,7 +282,55 @@ impl Stream {
             .strip_prefix('[')
             .and_then(|h| h.strip_suffix(']'))
             .unwrap_or(host);
-        Some(ip.to_owned())
+        ip.parse().ok()
+    }
+
+    /// Sends the local reply of a refusal.
+    fn refuse(&mut self, refusal: &Refusal, request_id: &str) {
+        let body = reply::body(refusal, request_id);
+        let headers = reply::headers(refusal);
+        let pairs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        self.send_http_response(u32::from(refusal.status), pairs, Some(body.as_bytes()));
+        self.status = Some(refusal.status);
+    }
+
+    /// Refuses in the body phase, and records why for the audit line.
+    fn refuse_body(&mut self, stop: Stop) {
+        self.body = None;
+        let request_id = self
+            .seen
+            .as_ref()
+            .map_or_else(String::new, |s| s.request_id.clone());
+        self.refuse(&stop.refusal, &request_id);
+        self.record_body_refusal(stop);
+    }
+
+    fn record_body_refusal(&mut self, stop: Stop) {
+        if let Some(seen) = &mut self.seen {
+            seen.decision.verdict = Verdict::Refuse(stop.refusal);
+            seen.decision.reason = stop.reason;
+            seen.decision.rule = stop.rule;
+        }
+    }
+}
+
+/// proxy-wasm shared data, shared by every worker VM of the plugin's VM id.
+struct HostStore;
+
+impl SharedStore for HostStore {
+    fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        match proxy_wasm::hostcalls::get_shared_data(key) {
+            Ok((Some(value), Some(cas))) => Some((value, cas)),
+            _ => None,
+        }
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
+        match proxy_wasm::hostcalls::set_shared_data(key, Some(value), cas) {
+            Ok(()) => Ok(()),
+            Err(Status::CasMismatch) => Err(StoreError::CasMismatch),
+            Err(_) => Err(StoreError::Refused),
+        }
     }
 }
 

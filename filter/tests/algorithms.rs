@@ -13,11 +13,14 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use p256::pkcs8::{EncodePrivateKey, LineEnding};
 use portcullis::config::Config;
-use portcullis::decision::{Decision, Verdict, decide};
+mod support;
+
+use portcullis::decision::{Decision, Verdict};
 use portcullis::jwt::{Algorithm, b64};
 use portcullis::mint::SigningKey;
 use portcullis::request::Request;
 use serde_json::{Value, json};
+use support::decide;
 
 const NOW: u64 = 1_800_000_000;
 const RSA1: &str = include_str!("keys/rsa1.private.pem");

@@ -8,9 +8,12 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use hmac::{KeyInit, Mac};
 use portcullis::cache::TokenCache;
 use portcullis::config::Config;
-use portcullis::decision::{Decision, HeaderEdit, Verdict, decide};
+mod support;
+
+use portcullis::decision::{Decision, HeaderEdit, Verdict};
 use portcullis::request::Request;
 use serde_json::{Value, json};
+use support::decide;
 
 const NOW: u64 = 1_800_000_000;
 /// 32 bytes of 0x01.

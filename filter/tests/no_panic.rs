@@ -7,11 +7,13 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use portcullis::cache::TokenCache;
 use portcullis::config::Config;
-use portcullis::decision::decide;
+mod support;
+
 use portcullis::jwt::jws;
 use portcullis::request::Request;
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
+use support::decide;
 
 const EXAMPLE: &str = include_str!("../../examples/portcullis.json");
 

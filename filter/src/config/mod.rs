@@ -3,16 +3,19 @@
 //! [`Config::from_json`] either returns a fully prepared policy (keys decoded, regexes
 //! compiled, hashes parsed) or every error it found, each naming its JSON path.
 
+pub mod protection;
 pub mod provider;
 pub mod reader;
 pub mod route;
 
+pub use protection::{Burst, IpFilter, Limits};
 pub use provider::{ApiKeyProvider, JwtProvider, Provider, ProviderKind, TokenSource};
 pub use reader::{ConfigError, Ctx};
-pub use route::{ClaimRule, ClaimTest, HostMatch, PathMatch, Route};
+pub use route::{ClaimRule, ClaimTest, HostMatch, PathMatch, Route, RouteDefaults};
 
 use reader::Obj;
 use serde_json::Value;
+use std::sync::Arc;
 
 /// Largest configuration document accepted (a JWKS with many RSA keys fits easily).
 pub const MAX_CONFIG_BYTES: usize = 4 * 1024 * 1024;
@@ -36,6 +39,13 @@ pub struct Config {
     /// `forward_payload_header`): removed from every incoming request so clients cannot forge
     /// them.
     pub protected_headers: Vec<String>,
+    /// Proxies in front of Envoy whose `X-Forwarded-For` entries are trusted (see
+    /// [`crate::client_ip`]).
+    pub xff_num_trusted_hops: u32,
+    /// Global IP lists, checked before the route's.
+    pub ip_filter: Option<IpFilter>,
+    /// Global limits: those checked before a route is known (URI, headers, query) use these.
+    pub limits: Limits,
 }
 
 /// Names of the headers the filter sets from a verified identity. Whatever a client sends
@@ -101,8 +111,21 @@ fn read_config(cx: &mut Ctx, doc: &Value) -> Option<Config> {
         Some(v) => provider::read_providers(cx, v, "providers"),
         None => Vec::new(),
     };
+    let xff_num_trusted_hops = top
+        .get("client_ip")
+        .map_or(0, |v| protection::read_client_ip(cx, v, "client_ip"));
+    let ip_filter = top
+        .get("ip_filter")
+        .map(|v| protection::read_ip_filter(cx, v, "ip_filter"));
+    let limits = top.get("limits").map_or_else(Limits::default, |v| {
+        protection::read_limits(cx, v, "limits", Limits::default())
+    });
+    let burst = top.get("burst").and_then(|v| {
+        protection::read_burst(cx, v, "burst", "portcullis.burst.global.").map(Arc::new)
+    });
+    let defaults = RouteDefaults { limits, burst };
     let routes = match top.required(cx, "routes") {
-        Some(v) => route::read_routes(cx, v, "routes", &providers),
+        Some(v) => route::read_routes(cx, v, "routes", &providers, &defaults),
         None => Vec::new(),
     };
     top.finish(cx);
@@ -115,6 +138,9 @@ fn read_config(cx: &mut Ctx, doc: &Value) -> Option<Config> {
         token_cache_bytes,
         identity_headers,
         protected_headers,
+        xff_num_trusted_hops,
+        ip_filter,
+        limits,
     })
 }
 

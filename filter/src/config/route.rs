@@ -1,9 +1,20 @@
 //! Routes: what a request must look like to match, and what it then needs to pass.
 
+use super::protection::{self, Burst, IpFilter, Limits};
 use super::provider::{Provider, claim_path};
 use super::reader::{self, Ctx, Obj};
 use regex::Regex;
 use serde_json::Value;
+use std::sync::Arc;
+
+/// What routes inherit from the top of the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct RouteDefaults {
+    /// Global limits (a route's `limits` override them field by field).
+    pub limits: Limits,
+    /// The global burst guard (a route's `burst` replaces it, or `false` turns it off).
+    pub burst: Option<Arc<Burst>>,
+}
 
 /// One route; the first route that matches a request decides it.
 #[derive(Debug)]
@@ -16,6 +27,19 @@ pub struct Route {
     pub methods: Vec<String>,
     /// The path rule (the query string is never part of the match).
     pub path: PathMatch,
+    /// Whether `path` and `prefix` compare case-sensitively (Envoy's `case_sensitive`, default
+    /// true; as in Envoy it does not apply to `safe_regex`).
+    pub case_sensitive: bool,
+    /// Methods the route accepts once matched; others get 405 with `Allow` (empty = any).
+    pub allowed_methods: Vec<String>,
+    /// The route's own IP lists, checked after the global ones.
+    pub ip_filter: Option<IpFilter>,
+    /// The burst guard that applies (the global one unless the route replaces or disables it).
+    pub burst: Option<Arc<Burst>>,
+    /// Limits, resolved over the global ones.
+    pub limits: Limits,
+    /// Media types a request body may have (empty = any); others get 415.
+    pub content_types: Vec<String>,
     /// No authentication at all: credentials are not even looked at.
     pub public: bool,
     /// Indexes of the providers that may authenticate the request (any of them).
@@ -89,6 +113,7 @@ pub(super) fn read_routes(
     v: &Value,
     path: &str,
     providers: &[Provider],
+    defaults: &RouteDefaults,
 ) -> Vec<Route> {
     let Some(items) = reader::as_array(cx, v, path) else {
         return Vec::new();
@@ -99,7 +124,9 @@ pub(super) fn read_routes(
     items
         .iter()
         .enumerate()
-        .filter_map(|(i, item)| read_route(cx, item, &reader::index(path, i), i, providers))
+        .filter_map(|(i, item)| {
+            read_route(cx, item, &reader::index(path, i), i, providers, defaults)
+        })
         .collect()
 }
 
@@ -109,15 +136,37 @@ fn read_route(
     path: &str,
     index: usize,
     providers: &[Provider],
+    defaults: &RouteDefaults,
 ) -> Option<Route> {
     let mut o = Obj::new(cx, v, path)?;
     let name = o
         .non_empty_str(cx, "name")
         .map_or_else(|| format!("route-{index}"), str::to_owned);
-    let (hosts, methods, path_match) = match o.get("match") {
+    let (hosts, methods, path_match, case_sensitive) = match o.get("match") {
         Some(m) => read_match(cx, m, &o.field_path("match"))?,
-        None => (Vec::new(), Vec::new(), PathMatch::Any),
+        None => (Vec::new(), Vec::new(), PathMatch::Any, true),
     };
+    let allowed_methods = read_methods(cx, &mut o, "allowed_methods");
+    let ip_filter = o
+        .get("ip_filter")
+        .map(|v| protection::read_ip_filter(cx, v, &o.field_path("ip_filter")));
+    let burst = match o.get("burst") {
+        None => defaults.burst.clone(),
+        Some(Value::Bool(false)) => None,
+        Some(v) => {
+            let prefix = format!("portcullis.burst.route.{name}.");
+            protection::read_burst(cx, v, &o.field_path("burst"), &prefix).map(|mut b| {
+                // A route's own bucket is never shared with other routes.
+                b.spec.per_route = true;
+                Arc::new(b)
+            })
+        }
+    };
+    let limits = match o.get("limits") {
+        Some(v) => protection::read_limits(cx, v, &o.field_path("limits"), defaults.limits),
+        None => defaults.limits,
+    };
+    let content_types = protection::read_content_types(cx, &mut o, "content_types");
     let public = o.bool(cx, "public", false);
     let requires_path = o.field_path("requires");
     let required_names = o.str_list(cx, "requires");
@@ -171,6 +220,12 @@ fn read_route(
         hosts,
         methods,
         path: path_match,
+        case_sensitive,
+        allowed_methods,
+        ip_filter,
+        burst,
+        limits,
+        content_types,
         public,
         requires,
         deciding,
@@ -182,7 +237,7 @@ fn read_route(
     })
 }
 
-type MatchParts = (Vec<HostMatch>, Vec<String>, PathMatch);
+type MatchParts = (Vec<HostMatch>, Vec<String>, PathMatch, bool);
 
 fn read_match(cx: &mut Ctx, v: &Value, path: &str) -> Option<MatchParts> {
     let mut o = Obj::new(cx, v, path)?;
@@ -193,23 +248,8 @@ fn read_match(cx: &mut Ctx, v: &Value, path: &str) -> Option<MatchParts> {
         .enumerate()
         .filter_map(|(i, h)| read_host(cx, h, &reader::index(&hosts_path, i)))
         .collect();
-    let methods_path = o.field_path("methods");
-    let methods = o
-        .str_list(cx, "methods")
-        .into_iter()
-        .enumerate()
-        .filter_map(|(i, m)| {
-            if !m.is_empty() && m.bytes().all(|b| b.is_ascii_uppercase()) {
-                Some(m.to_owned())
-            } else {
-                cx.error(
-                    &reader::index(&methods_path, i),
-                    format!("{m:?} is not an upper-case HTTP method"),
-                );
-                None
-            }
-        })
-        .collect();
+    let methods = read_methods(cx, &mut o, "methods");
+    let case_sensitive = o.bool(cx, "case_sensitive", true);
     let mut rules = Vec::new();
     if let Some(p) = o.str(cx, "path") {
         rules.push(read_literal_path(cx, p, &o.field_path("path")).map(PathMatch::Exact));
@@ -231,7 +271,32 @@ fn read_match(cx: &mut Ctx, v: &Value, path: &str) -> Option<MatchParts> {
         None => PathMatch::Any,
         Some(rule) => rule?,
     };
-    Some((hosts, methods, path_match))
+    let path_match = match path_match {
+        PathMatch::Exact(p) if !case_sensitive => PathMatch::Exact(p.to_ascii_lowercase()),
+        PathMatch::Prefix(p) if !case_sensitive => PathMatch::Prefix(p.to_ascii_lowercase()),
+        other => other,
+    };
+    Some((hosts, methods, path_match, case_sensitive))
+}
+
+/// A list of HTTP methods (upper-case tokens).
+fn read_methods(cx: &mut Ctx, o: &mut Obj<'_>, key: &'static str) -> Vec<String> {
+    let path = o.field_path(key);
+    o.str_list(cx, key)
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, m)| {
+            if !m.is_empty() && m.bytes().all(|b| b.is_ascii_uppercase()) {
+                Some(m.to_owned())
+            } else {
+                cx.error(
+                    &reader::index(&path, i),
+                    format!("{m:?} is not an upper-case HTTP method"),
+                );
+                None
+            }
+        })
+        .collect()
 }
 
 /// A host rule: `*`, `*.example.com`, a name, or a bracketed IPv6 address. Names are lower-cased

@@ -512,15 +512,25 @@ pub fn request_chunks(
         }
         head.extend_from_slice(b"transfer-encoding: chunked\r\nconnection: close\r\n\r\n");
         s.write_all(&head)?;
-        for c in chunks {
+        // The proxy may answer (413) and close before the last chunk: a write error ends the
+        // writing, and the answer is read.
+        let mut write_chunk = |c: &[u8]| -> std::io::Result<()> {
             s.write_all(format!("{:x}\r\n", c.len()).as_bytes())?;
             s.write_all(c)?;
             s.write_all(b"\r\n")?;
-            s.flush()?;
+            s.flush()
+        };
+        let mut open = true;
+        for c in chunks {
+            if write_chunk(c).is_err() {
+                open = false;
+                break;
+            }
             std::thread::sleep(gap);
         }
-        // The proxy may answer (413) and close before the last chunk: ignore write errors.
-        let _ = s.write_all(b"0\r\n\r\n");
+        if open {
+            let _ = s.write_all(b"0\r\n\r\n");
+        }
         let mut raw = Vec::new();
         let _ = s.read_to_end(&mut raw);
         parse_response(&raw)
