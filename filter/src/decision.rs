@@ -178,7 +178,7 @@ pub fn decide(config: &Config, env: &mut Env<'_>, req: &Request<'_>) -> Decision
         client_ip: None,
         body: None,
     };
-    if let Some(stop) = guard::request_limits(&config.limits, req, false) {
+    if let Some(stop) = guard::request_limits(&config.limits, req) {
         return refused(stop, edits);
     }
     if let Some(why) = ambiguous_path(req.path()) {
@@ -201,7 +201,7 @@ pub fn decide(config: &Config, env: &mut Env<'_>, req: &Request<'_>) -> Decision
     const CHECKS: usize = 5;
     let check = |step: usize, env: &Env<'_>| match step {
         0 => guard::method_allowed(route, req),
-        1 => guard::request_limits(&route.limits, req, true),
+        1 => guard::request_limits(&route.limits, req),
         2 => guard::ip_filters(config.ip_filter.as_ref(), route, client),
         3 => guard::burst(env.store, route, index, client, env.now_ns),
         _ => guard::body_headers(route, req, env.end_of_stream),

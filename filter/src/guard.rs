@@ -95,9 +95,9 @@ impl BodyKind {
     }
 }
 
-/// URI length, header count and size, query parameter count.
-pub fn request_limits(limits: &Limits, req: &Request<'_>, route_level: bool) -> Option<Stop> {
-    let global = !route_level;
+/// URI length, header count and size, query parameter count. Checked with the global limits
+/// before routing, and again with the route's (which can therefore only tighten these four).
+pub fn request_limits(limits: &Limits, req: &Request<'_>) -> Option<Stop> {
     let uri = req.path_and_query().len() as u64;
     if uri > limits.max_uri_bytes {
         let msg = format!(
@@ -132,11 +132,6 @@ pub fn request_limits(limits: &Limits, req: &Request<'_>, route_level: bool) -> 
             limits.max_query_params
         );
         return Some(Stop::new(400, "too_many_query_parameters", msg));
-    }
-    // The global check also refuses a declared body larger than any route could take: it
-    // costs nothing and spares routing a hopeless request.
-    if global && declared_length(req).is_some_and(|n| n > limits.max_body_bytes) {
-        return Some(too_large(limits.max_body_bytes));
     }
     None
 }
