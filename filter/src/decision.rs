@@ -15,9 +15,8 @@ pub use crate::guard::{BodyKind, BodyPlan, Stop};
 use crate::jwt::JwtError;
 use crate::jwt::authenticate::authenticate;
 use crate::jwt::claims::VerifiedToken;
-use crate::request::{
-    Request, ambiguous_path, is_safe_header_value, without_cookie, without_query_param,
-};
+use crate::path;
+use crate::request::{Request, is_safe_header_value, without_cookie, without_query_param};
 use serde_json::Value;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -42,6 +41,8 @@ pub struct Decision {
     pub client_ip: Option<IpAddr>,
     /// What to do with the request body, when one follows and the request passes.
     pub body: Option<BodyPlan>,
+    /// The path routes and rules saw, when normalising changed it.
+    pub normalized_path: Option<String>,
 }
 
 /// Pass, or refuse with a reply.
@@ -137,7 +138,7 @@ impl Identity {
     }
 
     /// A claim of a token; API-key identities expose their consumer as `sub` and `consumer`.
-    fn claim(&self, config: &Config, path: &[String]) -> Option<Value> {
+    pub fn claim(&self, config: &Config, path: &[String]) -> Option<Value> {
         match &self.credential {
             Credential::Jwt(t) => t.claim(path).cloned(),
             Credential::ApiKey(_) => match path {
@@ -177,14 +178,20 @@ pub fn decide(config: &Config, env: &mut Env<'_>, req: &Request<'_>) -> Decision
         edits,
         client_ip: None,
         body: None,
+        normalized_path: None,
     };
     if let Some(stop) = guard::request_limits(&config.limits, req) {
         return refused(stop, edits);
     }
-    if let Some(why) = ambiguous_path(req.path()) {
-        return refused(Stop::new(400, "invalid_path", why.to_owned()), edits);
-    }
-    let Some((index, route)) = find_route(config, req) else {
+    let normalized = match path::normalize(req.path(), &config.path_normalization.options) {
+        Ok(n) => n,
+        Err(e) => {
+            let mut stop = Stop::new(400, "invalid_path", e.to_string());
+            stop.rule = Some(e.reason().to_owned());
+            return refused(stop, edits);
+        }
+    };
+    let Some((index, route)) = find_route(config, req, &normalized.path) else {
         let stop = Stop::new(403, "no_route", "no route allows this request".to_owned());
         return refused(stop, edits);
     };
@@ -213,6 +220,7 @@ pub fn decide(config: &Config, env: &mut Env<'_>, req: &Request<'_>) -> Decision
             let mut d = refused(stop, edits);
             d.route = Some(index);
             d.client_ip = client;
+            d.normalized_path = normalized.changed.then(|| normalized.path.into_owned());
             return d;
         }
     }
@@ -229,6 +237,13 @@ pub fn decide(config: &Config, env: &mut Env<'_>, req: &Request<'_>) -> Decision
         Verdict::Allow => true,
         Verdict::Refuse(r) => r.shadow,
     };
+    if normalized.changed {
+        let path = normalized.path.into_owned();
+        if passes && config.path_normalization.forward_normalized {
+            forward_path(&path, req, &mut decision.edits);
+        }
+        decision.normalized_path = Some(path);
+    }
     if passes && !env.end_of_stream {
         decision.body = Some(guard::body_plan(route, index, req));
     }
@@ -254,6 +269,7 @@ fn authenticate_and_authorize(
         edits: Vec::new(),
         client_ip: None,
         body: None,
+        normalized_path: None,
     };
     if route.public {
         decision.edits = edits;
@@ -349,11 +365,32 @@ fn authenticate_and_authorize(
     decision
 }
 
-/// The first route that matches host, method and path.
-pub fn find_route<'c>(config: &'c Config, req: &Request<'_>) -> Option<(usize, &'c Route)> {
+/// Sends the normalised path upstream, with the query as the other edits left it (credential
+/// parameters may have been removed from it).
+fn forward_path(path: &str, req: &Request<'_>, edits: &mut Vec<HeaderEdit>) {
+    let edited_query = edits.iter().rev().find_map(|e| match e {
+        HeaderEdit::Set(name, value) if name == ":path" => {
+            Some(value.split_once('?').map(|(_, q)| q.to_owned()))
+        }
+        _ => None,
+    });
+    let query = edited_query.unwrap_or_else(|| req.query().map(str::to_owned));
+    edits.retain(|e| !matches!(e, HeaderEdit::Set(name, _) if name == ":path"));
+    let value = match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    edits.push(HeaderEdit::Set(":path".to_owned(), value));
+}
+
+/// The first route that matches host, method and the (normalised) path.
+pub fn find_route<'c>(
+    config: &'c Config,
+    req: &Request<'_>,
+    path: &str,
+) -> Option<(usize, &'c Route)> {
     let host = req.host();
     let method = req.method();
-    let path = req.path();
     config.routes.iter().enumerate().find(|(_, r)| {
         (r.hosts.is_empty() || r.hosts.iter().any(|h| host_matches(h, host)))
             && (r.methods.is_empty() || r.methods.iter().any(|m| m == method))

@@ -17,6 +17,8 @@ pub mod json_limits;
 pub mod jwt;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod mint;
+pub mod path;
+pub mod ratelimit;
 pub mod reply;
 pub mod request;
 

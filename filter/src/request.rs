@@ -199,56 +199,6 @@ pub fn without_cookie(header: &str, name: &str) -> Option<String> {
     }
 }
 
-/// Why a path cannot be matched against routes safely, if it cannot.
-///
-/// Until the filter normalises paths itself, it refuses every path that a route rule and the
-/// upstream could read differently: encoded `/`, `\`, `.` and NUL, dot segments, repeated
-/// slashes, `;` parameters, backslashes, percent-encoded unreserved characters, and anything
-/// outside printable ASCII (which includes non-UTF-8 bytes). Routes then see exactly what the upstream will.
-pub fn ambiguous_path(path: &str) -> Option<&'static str> {
-    if !path.starts_with('/') {
-        return Some("the path must start with '/'");
-    }
-    if path.bytes().any(|b| !(0x21..=0x7e).contains(&b)) {
-        return Some("the path holds characters outside printable ASCII");
-    }
-    if path.contains('\\') || path.contains(';') {
-        return Some("the path holds '\\' or ';'");
-    }
-    let encoded_forbidden = path.match_indices('%').any(|(i, _)| {
-        path.get(i + 1..i + 3).is_some_and(|hex| {
-            ["2f", "5c", "2e", "00", "3b"]
-                .iter()
-                .any(|e| hex.eq_ignore_ascii_case(e))
-        })
-    });
-    if encoded_forbidden {
-        return Some("the path holds an encoded '/', '\\', '.', ';' or NUL");
-    }
-    if encodes_unreserved(path) {
-        return Some("the path percent-encodes a character that needs no encoding");
-    }
-    if path.contains("//") {
-        return Some("the path holds repeated slashes");
-    }
-    if path
-        .split('/')
-        .any(|segment| segment == "." || segment == "..")
-    {
-        return Some("the path holds '.' or '..' segments");
-    }
-    None
-}
-
-/// Whether the path holds `%XX` for an unreserved character (RFC 3986 §2.3: letters, digits,
-/// `-._~`), which an upstream may decode: `/%61dmin` is `/admin` to it.
-fn encodes_unreserved(path: &str) -> bool {
-    path.match_indices('%').any(|(i, _)| {
-        let hex = path.get(i + 1..i + 3).unwrap_or("");
-        u8::from_str_radix(hex, 16).is_ok_and(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
-    })
-}
-
 /// Whether a value can go into an HTTP header as it is: no control characters (CR, LF, NUL…)
 /// that could split or end a header.
 pub fn is_safe_header_value(value: &str) -> bool {
@@ -304,32 +254,5 @@ mod tests {
         assert_eq!(without_cookie("flag; s=2", "s").as_deref(), Some("flag"));
         assert_eq!(percent_decode("%zz"), None);
         assert_eq!(percent_decode("%ff"), None);
-    }
-
-    #[test]
-    fn ambiguous_paths_are_named() {
-        for ok in ["/", "/admin", "/a/b.c/d", "/x%20y", "/a%3Fb", "/a-b_c~"] {
-            assert_eq!(ambiguous_path(ok), None, "{ok}");
-        }
-        for bad in [
-            "admin",
-            "//admin",
-            "/./admin",
-            "/x/../admin",
-            "/admin/.",
-            "/x/%2e%2e/admin",
-            "/x/..%2fadmin",
-            "/x\\..\\admin",
-            "/admin;param",
-            "/%61dmin",
-            "/%7Euser",
-            "/a%00",
-            "/a%5Cb",
-            "/caf\u{e9}",
-            "/a\u{fffd}",
-            "/a b",
-        ] {
-            assert!(ambiguous_path(bad).is_some(), "{bad}");
-        }
     }
 }

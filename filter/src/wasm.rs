@@ -162,7 +162,10 @@ impl HttpContext for Stream {
         self.seen = Some(Seen {
             request_id,
             method: req.method().to_owned(),
-            path: req.path().to_owned(),
+            path: decision
+                .normalized_path
+                .clone()
+                .unwrap_or_else(|| req.path().to_owned()),
             decision,
             latency_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
         });

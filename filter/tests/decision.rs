@@ -613,7 +613,11 @@ fn hosts_are_normalised_before_matching() {
 }
 
 #[test]
-fn ambiguous_paths_are_refused_before_routing() {
+fn every_spelling_of_a_path_meets_the_rule_written_for_it() {
+    // The admin route's rule (a token with role=admin) holds for every spelling of /admin.
+    let admin = get("/admin", &[]);
+    assert_eq!(admin.route, Some(2));
+    refused(&admin, 401, "missing_credentials");
     for path in [
         "//admin",
         "/./admin",
@@ -621,15 +625,69 @@ fn ambiguous_paths_are_refused_before_routing() {
         "/%61dmin",
         "/admin/.",
         "/x/%2e%2e/admin",
-        "/x/..%2fadmin",
         "/x\\..\\admin",
-        "/admin;param",
-        "/healthz%00",
+        "/../admin",
     ] {
+        let d = get(path, &[]);
+        assert_eq!(d.route, Some(2), "{path}");
+        refused(&d, 401, "missing_credentials");
+    }
+    // What cannot be made unambiguous is refused before routing (the defaults).
+    for path in ["/x/..%2fadmin", "/admin;param", "/healthz%00", "/caf\u{e9}"] {
         let d = get(path, &[]);
         refused(&d, 400, "invalid_path");
         assert_eq!(d.route, None, "{path}");
     }
+    // With the lenient options they are read the way the upstream would.
+    let mut doc = config_json();
+    doc["path_normalization"] = json!({"escaped_slashes": "decode", "path_parameters": "strip"});
+    let mut run = Run {
+        config: Config::from_json(doc.to_string().as_bytes()).unwrap(),
+        cache: TokenCache::new(8, 1 << 20),
+    };
+    for path in ["/x/..%2fadmin", "/admin;param", "/x/..;/admin"] {
+        let d = run.go("GET", path, &[]);
+        assert_eq!(d.route, Some(2), "{path}");
+    }
+}
+
+#[test]
+fn the_normalised_path_goes_upstream_with_the_query_as_edited() {
+    let d = get("//x/../healthz?a=1", &[]);
+    assert_eq!(d.verdict, Verdict::Allow);
+    assert_eq!(d.normalized_path.as_deref(), Some("/healthz"));
+    assert!(
+        d.edits
+            .contains(&HeaderEdit::Set(":path".into(), "/healthz?a=1".into())),
+        "{:?}",
+        d.edits
+    );
+    // A credential taken from the query (forward: false) is removed from the forwarded query
+    // too.
+    let mut doc = config_json();
+    doc["providers"]["cookie"]["forward"] = json!(false);
+    let mut run = Run {
+        config: Config::from_json(doc.to_string().as_bytes()).unwrap(),
+        cache: TokenCache::new(8, 1 << 20),
+    };
+    let d = run.go(
+        "GET",
+        &format!("/web/./x?access_token={}&keep=1", token()),
+        &[],
+    );
+    assert_eq!(d.verdict, Verdict::Allow, "{d:#?}");
+    let paths: Vec<&HeaderEdit> = d
+        .edits
+        .iter()
+        .filter(|e| matches!(e, HeaderEdit::Set(n, _) if n == ":path"))
+        .collect();
+    assert_eq!(
+        paths,
+        vec![&HeaderEdit::Set(":path".into(), "/web/x?keep=1".into())]
+    );
+    // An unchanged path is not rewritten.
+    let d = get("/healthz", &[]);
+    assert!(d.normalized_path.is_none() && d.edits.is_empty(), "{d:#?}");
 }
 
 #[test]

@@ -408,8 +408,11 @@ fn protection_settings_are_checked_with_paths() {
         "ip_filter": {"allow": ["10.0.0.1/8", "nonsense", "::1/129"]},
         "burst": {"requests_per_second": 0, "burst": 0, "max_clients": 2},
         "limits": {"max_uri_bytes": 0, "max_bodies": 1},
+        "path_normalization": {"escaped_slashes": "unescape"},
         "routes": [{"public": true, "content_types": ["json"], "allowed_methods": ["get"],
-                    "ip_filter": {}, "burst": {"burst": 3}}]
+                    "ip_filter": {}, "burst": {"burst": 3}},
+                   {"public": true, "match": {"prefix": "/a//b"}},
+                   {"public": true, "match": {"path": "/a%00"}}]
     }));
     let expected = [
         "client_ip.xff_num_trusted_hops: 99 is larger than the maximum 16",
@@ -425,6 +428,9 @@ fn protection_settings_are_checked_with_paths() {
         "routes[0].ip_filter: give \"allow\", \"deny\" or both",
         "routes[0].burst.requests_per_second: required field is missing",
         "routes[0].content_types[0]: \"json\" is not a media type",
+        "path_normalization.escaped_slashes: \"unescape\" is not one of \"refuse\", \"keep\", \"decode\"",
+        "routes[1].match.prefix: \"/a//b\" is not a normalised path; requests are matched in the form \"/a/b\"",
+        "routes[2].match.path: \"/a%00\" can never match: the path holds a NUL or control character",
     ];
     for want in expected {
         assert!(

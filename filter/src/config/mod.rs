@@ -5,6 +5,7 @@
 
 pub mod protection;
 pub mod provider;
+pub mod ratelimit;
 pub mod reader;
 pub mod route;
 
@@ -46,6 +47,10 @@ pub struct Config {
     pub ip_filter: Option<IpFilter>,
     /// Global limits: those checked before a route is known (URI, headers, query) use these.
     pub limits: Limits,
+    /// The rate-limit service routes with `rate_limits` call.
+    pub rate_limit_service: Option<ratelimit::RateLimitService>,
+    /// How paths are normalised before routing.
+    pub path_normalization: protection::PathNormalization,
 }
 
 /// Names of the headers the filter sets from a verified identity. Whatever a client sends
@@ -111,6 +116,11 @@ fn read_config(cx: &mut Ctx, doc: &Value) -> Option<Config> {
         Some(v) => provider::read_providers(cx, v, "providers"),
         None => Vec::new(),
     };
+    let path_normalization = top
+        .get("path_normalization")
+        .map_or_else(Default::default, |v| {
+            protection::read_path_normalization(cx, v, "path_normalization")
+        });
     let xff_num_trusted_hops = top
         .get("client_ip")
         .map_or(0, |v| protection::read_client_ip(cx, v, "client_ip"));
@@ -123,7 +133,15 @@ fn read_config(cx: &mut Ctx, doc: &Value) -> Option<Config> {
     let burst = top.get("burst").and_then(|v| {
         protection::read_burst(cx, v, "burst", "portcullis.burst.global.").map(Arc::new)
     });
-    let defaults = RouteDefaults { limits, burst };
+    let rate_limit_service = top
+        .get("rate_limit_service")
+        .and_then(|v| ratelimit::read_service(cx, v, "rate_limit_service"));
+    let defaults = RouteDefaults {
+        limits,
+        burst,
+        path_options: path_normalization.options,
+        rate_limit_service: top.has("rate_limit_service"),
+    };
     let routes = match top.required(cx, "routes") {
         Some(v) => route::read_routes(cx, v, "routes", &providers, &defaults),
         None => Vec::new(),
@@ -141,6 +159,8 @@ fn read_config(cx: &mut Ctx, doc: &Value) -> Option<Config> {
         xff_num_trusted_hops,
         ip_filter,
         limits,
+        rate_limit_service,
+        path_normalization,
     })
 }
 

@@ -239,3 +239,61 @@ pub fn read_content_types(cx: &mut Ctx, o: &mut Obj<'_>, key: &'static str) -> V
         })
         .collect()
 }
+
+/// How paths are normalised, and what the upstream receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathNormalization {
+    /// `escaped_slashes` and `path_parameters`.
+    pub options: crate::path::PathOptions,
+    /// Send the normalised path upstream (true), or the path as the client sent it.
+    pub forward_normalized: bool,
+}
+
+impl Default for PathNormalization {
+    fn default() -> Self {
+        PathNormalization {
+            options: crate::path::PathOptions::default(),
+            forward_normalized: true,
+        }
+    }
+}
+
+/// Reads `path_normalization`: `{"escaped_slashes": "refuse"|"keep"|"decode",
+/// "path_parameters": "refuse"|"strip", "forward": "normalized"|"original"}`.
+pub fn read_path_normalization(cx: &mut Ctx, v: &Value, path: &str) -> PathNormalization {
+    use crate::path::{EscapedSlashes, PathParameters};
+    let mut out = PathNormalization::default();
+    let Some(mut o) = Obj::new(cx, v, path) else {
+        return out;
+    };
+    let mut choice = |key: &'static str, allowed: &[&str]| -> Option<usize> {
+        let value = o.str(cx, key)?;
+        let found = allowed.iter().position(|a| *a == value);
+        if found.is_none() {
+            let list: Vec<String> = allowed.iter().map(|a| format!("{a:?}")).collect();
+            cx.error(
+                &o.field_path(key),
+                format!("{value:?} is not one of {}", list.join(", ")),
+            );
+        }
+        found
+    };
+    if let Some(i) = choice("escaped_slashes", &["refuse", "keep", "decode"]) {
+        out.options.escaped_slashes = match i {
+            0 => EscapedSlashes::Refuse,
+            1 => EscapedSlashes::Keep,
+            _ => EscapedSlashes::Decode,
+        };
+    }
+    if let Some(i) = choice("path_parameters", &["refuse", "strip"]) {
+        out.options.path_parameters = match i {
+            0 => PathParameters::Refuse,
+            _ => PathParameters::Strip,
+        };
+    }
+    if let Some(i) = choice("forward", &["normalized", "original"]) {
+        out.forward_normalized = i == 0;
+    }
+    o.finish(cx);
+    out
+}

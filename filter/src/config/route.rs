@@ -14,6 +14,10 @@ pub struct RouteDefaults {
     pub limits: Limits,
     /// The global burst guard (a route's `burst` replaces it, or `false` turns it off).
     pub burst: Option<Arc<Burst>>,
+    /// Whether a rate-limit service is configured (routes' `rate_limits` need one).
+    pub rate_limit_service: bool,
+    /// Path normalisation: `path` and `prefix` rules must be written in normal form.
+    pub path_options: crate::path::PathOptions,
 }
 
 /// One route; the first route that matches a request decides it.
@@ -40,6 +44,8 @@ pub struct Route {
     pub limits: Limits,
     /// Media types a request body may have (empty = any); others get 415.
     pub content_types: Vec<String>,
+    /// Descriptors sent to the rate-limit service, one per policy.
+    pub rate_limits: Vec<super::ratelimit::RateLimitPolicy>,
     /// No authentication at all: credentials are not even looked at.
     pub public: bool,
     /// Indexes of the providers that may authenticate the request (any of them).
@@ -143,7 +149,7 @@ fn read_route(
         .non_empty_str(cx, "name")
         .map_or_else(|| format!("route-{index}"), str::to_owned);
     let (hosts, methods, path_match, case_sensitive) = match o.get("match") {
-        Some(m) => read_match(cx, m, &o.field_path("match"))?,
+        Some(m) => read_match(cx, m, &o.field_path("match"), &defaults.path_options)?,
         None => (Vec::new(), Vec::new(), PathMatch::Any, true),
     };
     let allowed_methods = read_methods(cx, &mut o, "allowed_methods");
@@ -167,6 +173,13 @@ fn read_route(
         None => defaults.limits,
     };
     let content_types = protection::read_content_types(cx, &mut o, "content_types");
+    let rate_limits = super::ratelimit::read_policies(cx, &mut o, "rate_limits");
+    if !rate_limits.is_empty() && !defaults.rate_limit_service {
+        cx.error(
+            &o.field_path("rate_limits"),
+            "needs a top-level \"rate_limit_service\" to call",
+        );
+    }
     let public = o.bool(cx, "public", false);
     let requires_path = o.field_path("requires");
     let required_names = o.str_list(cx, "requires");
@@ -226,6 +239,7 @@ fn read_route(
         burst,
         limits,
         content_types,
+        rate_limits,
         public,
         requires,
         deciding,
@@ -239,7 +253,12 @@ fn read_route(
 
 type MatchParts = (Vec<HostMatch>, Vec<String>, PathMatch, bool);
 
-fn read_match(cx: &mut Ctx, v: &Value, path: &str) -> Option<MatchParts> {
+fn read_match(
+    cx: &mut Ctx,
+    v: &Value,
+    path: &str,
+    options: &crate::path::PathOptions,
+) -> Option<MatchParts> {
     let mut o = Obj::new(cx, v, path)?;
     let hosts_path = o.field_path("hosts");
     let hosts = o
@@ -252,10 +271,12 @@ fn read_match(cx: &mut Ctx, v: &Value, path: &str) -> Option<MatchParts> {
     let case_sensitive = o.bool(cx, "case_sensitive", true);
     let mut rules = Vec::new();
     if let Some(p) = o.str(cx, "path") {
-        rules.push(read_literal_path(cx, p, &o.field_path("path")).map(PathMatch::Exact));
+        rules.push(read_literal_path(cx, p, &o.field_path("path"), options).map(PathMatch::Exact));
     }
     if let Some(p) = o.str(cx, "prefix") {
-        rules.push(read_literal_path(cx, p, &o.field_path("prefix")).map(PathMatch::Prefix));
+        rules.push(
+            read_literal_path(cx, p, &o.field_path("prefix"), options).map(PathMatch::Prefix),
+        );
     }
     if let Some(r) = o.str(cx, "safe_regex") {
         rules.push(compile_regex(cx, r, &o.field_path("safe_regex")).map(PathMatch::Regex));
@@ -339,7 +360,14 @@ fn read_host(cx: &mut Ctx, h: &str, path: &str) -> Option<HostMatch> {
     }
 }
 
-fn read_literal_path(cx: &mut Ctx, p: &str, path: &str) -> Option<String> {
+/// A `path` or `prefix` rule: it must be in the normal form requests are brought to, or it
+/// could never match (or match less than its author meant).
+fn read_literal_path(
+    cx: &mut Ctx,
+    p: &str,
+    path: &str,
+    options: &crate::path::PathOptions,
+) -> Option<String> {
     if !p.starts_with('/') {
         cx.error(path, format!("{p:?} must start with '/'"));
         return None;
@@ -351,7 +379,23 @@ fn read_literal_path(cx: &mut Ctx, p: &str, path: &str) -> Option<String> {
         );
         return None;
     }
-    Some(p.to_owned())
+    match crate::path::normalize(p, options) {
+        Ok(n) if !n.changed => Some(p.to_owned()),
+        Ok(n) => {
+            cx.error(
+                path,
+                format!(
+                    "{p:?} is not a normalised path; requests are matched in the form {:?}",
+                    n.path
+                ),
+            );
+            None
+        }
+        Err(e) => {
+            cx.error(path, format!("{p:?} can never match: {e}"));
+            None
+        }
+    }
 }
 
 /// Compiles a regex that must match a whole value, with bounded size.

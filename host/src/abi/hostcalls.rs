@@ -699,19 +699,105 @@ fn add_callouts(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     Ok(())
 }
 
-/// The gRPC target: Envoy first parses the bytes as a `GrpcService` proto, then falls back to a
-/// cluster name (ECTX `grpcCall`, envoy PR #15208). The empty string parses as an empty
-/// GrpcService without target (client creation fails: BadArgument); an unknown cluster name is
-/// ParseFailure. Other names that happen to be valid protobuf wire data are not emulated.
+/// The gRPC target: Envoy first parses the bytes as a serialized
+/// `envoy.config.core.v3.GrpcService`, then falls back to a cluster name (ECTX `grpcCall`,
+/// envoy PR #15208). A GrpcService with `envoy_grpc.cluster_name` names its cluster; one
+/// without (the empty string parses as such, as does any other valid protobuf wire data, a
+/// `google_grpc` target included, which this host does not run) fails client creation:
+/// BadArgument. An unknown cluster is ParseFailure.
 fn grpc_cluster(c: &mut C<'_>, ptr: i32, len: i32) -> HcResult<String> {
-    let name = read_string(c, ptr, len)?;
-    if name.is_empty() {
-        return Err(Status::BadArgument.into());
-    }
+    let raw = read(c, ptr, len)?;
+    let name = match grpc_service_cluster(&raw) {
+        GrpcTarget::Service(Some(cluster)) => cluster,
+        GrpcTarget::Service(None) => return Err(Status::BadArgument.into()),
+        GrpcTarget::NotProto => String::from_utf8(raw).map_err(|_| Status::ParseFailure)?,
+    };
     if !cluster_known(c.data(), &name) {
         return Err(Status::ParseFailure.into());
     }
     Ok(name)
+}
+
+enum GrpcTarget {
+    /// Valid protobuf: a GrpcService, with its `envoy_grpc.cluster_name` if it has one.
+    Service(Option<String>),
+    /// Not protobuf wire data: a cluster name.
+    NotProto,
+}
+
+/// `GrpcService { EnvoyGrpc envoy_grpc = 1; … }`, `EnvoyGrpc { string cluster_name = 1; … }`.
+fn grpc_service_cluster(bytes: &[u8]) -> GrpcTarget {
+    let Some(fields) = proto_fields(bytes) else {
+        return GrpcTarget::NotProto;
+    };
+    let cluster = fields
+        .iter()
+        .rev()
+        .find(|(n, _)| *n == 1)
+        .and_then(|(_, v)| v.as_ref())
+        .and_then(|envoy_grpc| proto_fields(envoy_grpc))
+        .and_then(|inner| {
+            inner
+                .into_iter()
+                .rev()
+                .find(|(n, v)| *n == 1 && v.is_some())
+                .and_then(|(_, v)| String::from_utf8(v?).ok())
+        })
+        .filter(|c| !c.is_empty());
+    GrpcTarget::Service(cluster)
+}
+
+/// The fields of a protobuf message: number and, for length-delimited ones, the bytes; `None`
+/// when the data is not valid wire format.
+fn proto_fields(mut b: &[u8]) -> Option<Vec<(u64, Option<Vec<u8>>)>> {
+    fn varint(b: &mut &[u8]) -> Option<u64> {
+        let mut v = 0u64;
+        for i in 0..10 {
+            let (&x, rest) = b.split_first()?;
+            *b = rest;
+            v |= u64::from(x & 0x7f) << (7 * i);
+            if x < 0x80 {
+                return Some(v);
+            }
+        }
+        None
+    }
+    fn skip<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        if b.len() < n {
+            return None;
+        }
+        let (head, rest) = b.split_at(n);
+        *b = rest;
+        Some(head)
+    }
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        let tag = varint(&mut b)?;
+        let number = tag >> 3;
+        if number == 0 {
+            return None;
+        }
+        match tag & 7 {
+            0 => {
+                varint(&mut b)?;
+                out.push((number, None));
+            }
+            1 => {
+                skip(&mut b, 8)?;
+                out.push((number, None));
+            }
+            2 => {
+                let len = usize::try_from(varint(&mut b)?).ok()?;
+                out.push((number, Some(skip(&mut b, len)?.to_vec())));
+            }
+            5 => {
+                skip(&mut b, 4)?;
+                out.push((number, None));
+            }
+            _ => return None,
+        }
+    }
+    Some(out)
 }
 
 /// `proxy_grpc_cancel` / `proxy_grpc_close` (ECTX `grpcCancel`/`grpcClose`).
@@ -969,4 +1055,49 @@ fn add_properties(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         },
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod grpc_target_tests {
+    use super::{GrpcTarget, grpc_service_cluster};
+
+    fn service(cluster: &str) -> Vec<u8> {
+        // GrpcService { envoy_grpc (1) { cluster_name (1): cluster } }
+        let mut inner = vec![0x0a, cluster.len() as u8];
+        inner.extend_from_slice(cluster.as_bytes());
+        let mut out = vec![0x0a, inner.len() as u8];
+        out.extend(inner);
+        out
+    }
+
+    #[test]
+    fn a_serialized_grpc_service_names_its_cluster() {
+        assert!(matches!(
+            grpc_service_cluster(&service("ratelimit")),
+            GrpcTarget::Service(Some(c)) if c == "ratelimit"
+        ));
+    }
+
+    #[test]
+    fn valid_wire_data_without_envoy_grpc_has_no_target() {
+        // The empty message, and google_grpc (2) instead of envoy_grpc.
+        assert!(matches!(
+            grpc_service_cluster(b""),
+            GrpcTarget::Service(None)
+        ));
+        assert!(matches!(
+            grpc_service_cluster(&[0x12, 0x00]),
+            GrpcTarget::Service(None)
+        ));
+    }
+
+    #[test]
+    fn plain_names_are_cluster_names() {
+        for name in ["ratelimit", "auth_cluster", "grpc_cluster", "x"] {
+            assert!(
+                matches!(grpc_service_cluster(name.as_bytes()), GrpcTarget::NotProto),
+                "{name}"
+            );
+        }
+    }
 }
