@@ -33,6 +33,9 @@ pub struct AuditRecord<'a> {
     pub status: Option<u16>,
     /// Time the filter spent deciding, in microseconds.
     pub filter_latency_us: u64,
+    /// The rate-limit service's answer: `ok`, `over_limit`, `error` (failed or late), or none
+    /// when it was not asked.
+    pub rate_limit: Option<&'static str>,
 }
 
 impl AuditRecord<'_> {
@@ -96,6 +99,6 @@ mod tests {
         };
         let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
         assert_eq!(v["decision"], "allow");
-        assert_eq!(v.as_object().unwrap().len(), 14);
+        assert_eq!(v.as_object().unwrap().len(), 15);
     }
 }

@@ -228,6 +228,17 @@ pub fn decide(config: &Config, env: &mut Env<'_>, req: &Request<'_>) -> Decision
     let now = env.now_ns / 1_000_000_000;
     let mut decision = authenticate_and_authorize(config, env.cache, index, route, req, now, edits);
     decision.client_ip = client;
+    if decision.verdict == Verdict::Allow
+        && let Some(stop) = guard::inspect_request(route, req, &normalized.path)
+    {
+        if stop.refusal.shadow || route.shadow {
+            shadowed.get_or_insert(stop.shadowed());
+        } else {
+            decision.verdict = Verdict::Refuse(stop.refusal);
+            decision.reason = stop.reason;
+            decision.rule = stop.rule;
+        }
+    }
     if let (Verdict::Allow, Some(stop)) = (&decision.verdict, shadowed) {
         decision.verdict = Verdict::Refuse(stop.refusal);
         decision.reason = stop.reason;

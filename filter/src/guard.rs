@@ -4,6 +4,7 @@
 use crate::burst::{self, Outcome, SharedStore};
 use crate::config::{IpFilter, Limits, Route};
 use crate::decision::Refusal;
+use crate::inspect::{Finding, Location};
 use crate::json_limits;
 use crate::request::Request;
 use std::net::{IpAddr, Ipv4Addr};
@@ -243,13 +244,50 @@ pub fn body_headers(route: &Route, req: &Request<'_>, end_of_stream: bool) -> Op
     Some(stop.header("accept", route.content_types.join(", ")))
 }
 
+/// Attack signatures in the path, the query and the chosen headers.
+pub fn inspect_request(route: &Route, req: &Request<'_>, path: &str) -> Option<Stop> {
+    let inspection = route.inspection.as_ref()?;
+    let inspector = &inspection.inspector;
+    let finding = inspector
+        .inspect_path(path)
+        .or_else(|| req.query().and_then(|q| inspector.inspect_query(q)))
+        .or_else(|| {
+            inspection.headers.iter().find_map(|name| {
+                req.headers_named(name).find_map(|value| {
+                    if name == "cookie" {
+                        inspector.inspect_cookie_header(value)
+                    } else {
+                        inspector.inspect(Location::Header, value)
+                    }
+                })
+            })
+        })?;
+    Some(found(finding, inspection.shadow))
+}
+
+/// The refusal for an inspection finding: the category in the reply, the rule in the audit.
+fn found(finding: Finding, shadow: bool) -> Stop {
+    let mut stop = Stop::new(
+        403,
+        "suspicious_request",
+        format!(
+            "the request was refused by the {} protection rules",
+            finding.category.as_str()
+        ),
+    );
+    stop.rule = Some(finding.rule.to_owned());
+    stop.shadow(shadow)
+}
+
 /// What to do with the body of a passing request on this route.
 pub fn body_plan(route: &Route, index: usize, req: &Request<'_>) -> BodyPlan {
+    let kind = BodyKind::of(req.header("content-type"));
+    let inspected = kind != BodyKind::Other && route.inspection.as_ref().is_some_and(|i| i.body);
     BodyPlan {
         route: index,
         max_bytes: route.limits.max_body_bytes,
-        buffer: false,
-        kind: BodyKind::of(req.header("content-type")),
+        buffer: inspected,
+        kind,
     }
 }
 
@@ -258,19 +296,28 @@ pub fn check_body(route: &Route, plan: &BodyPlan, body: &[u8]) -> Option<Stop> {
     if body.len() as u64 > plan.max_bytes {
         return Some(too_large(plan.max_bytes));
     }
-    if plan.kind == BodyKind::Json {
-        let limits = &route.limits;
-        if let Err(e) =
-            json_limits::check(body, limits.max_json_depth, limits.max_json_string_bytes)
-        {
-            return Some(Stop::new(400, "invalid_body", e.to_string()));
+    let inspection = route.inspection.as_ref().filter(|i| i.body);
+    match plan.kind {
+        BodyKind::Json => {
+            let limits = &route.limits;
+            if let Err(e) =
+                json_limits::check(body, limits.max_json_depth, limits.max_json_string_bytes)
+            {
+                return Some(Stop::new(400, "invalid_body", e.to_string()));
+            }
+            let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
+                let msg = "the request body is not valid JSON".to_owned();
+                return Some(Stop::new(400, "invalid_body", msg));
+            };
+            let finding = inspection.and_then(|i| i.inspector.inspect_json(&value));
+            finding.map(|f| found(f, inspection.is_some_and(|i| i.shadow)))
         }
-        if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_err() {
-            let msg = "the request body is not valid JSON".to_owned();
-            return Some(Stop::new(400, "invalid_body", msg));
+        BodyKind::Form => {
+            let finding = inspection.and_then(|i| i.inspector.inspect_form(body));
+            finding.map(|f| found(f, inspection.is_some_and(|i| i.shadow)))
         }
+        BodyKind::Other => None,
     }
-    None
 }
 
 /// The 413 refusal for a body over `max` bytes.

@@ -12,6 +12,7 @@ pub mod client_ip;
 pub mod config;
 pub mod decision;
 pub mod guard;
+pub mod inspect;
 pub mod ipset;
 pub mod json_limits;
 pub mod jwt;

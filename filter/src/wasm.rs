@@ -10,6 +10,7 @@ use crate::cache::TokenCache;
 use crate::config::Config;
 use crate::decision::{self, BodyPlan, Decision, Env, HeaderEdit, Refusal, Verdict};
 use crate::guard::{self, Stop};
+use crate::ratelimit::{self, proto};
 use crate::reply;
 use crate::request::{Request, split_host_port};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -17,7 +18,7 @@ use proxy_wasm::types::{Action, ContextType, LogLevel, Status};
 use std::cell::RefCell;
 use std::net::IpAddr;
 use std::rc::Rc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -75,6 +76,9 @@ impl RootContext for Root {
             status: None,
             body: None,
             body_bytes: 0,
+            rate_limit_call: None,
+            rate_limit: None,
+            response_headers: Vec::new(),
         }))
     }
 
@@ -102,9 +106,60 @@ struct Stream {
     body: Option<BodyPlan>,
     /// Body bytes seen so far when the body streams through.
     body_bytes: u64,
+    /// The token of the rate-limit call the request waits for.
+    rate_limit_call: Option<u32>,
+    /// The rate-limit service's answer, for the audit line.
+    rate_limit: Option<&'static str>,
+    /// Headers for the response (`RateLimit-Policy`, `RateLimit`).
+    response_headers: Vec<(&'static str, String)>,
 }
 
-impl Context for Stream {}
+impl Context for Stream {
+    fn on_grpc_call_response(&mut self, token: u32, status_code: u32, response_size: usize) {
+        if self.rate_limit_call != Some(token) {
+            return;
+        }
+        self.rate_limit_call = None;
+        let Some(service) = self
+            .config
+            .as_ref()
+            .and_then(|c| c.rate_limit_service.clone())
+        else {
+            return;
+        };
+        let answer = if status_code == 0 {
+            self.get_grpc_call_response_body(0, response_size)
+                .and_then(|body| proto::decode_response(&body).ok())
+        } else {
+            None
+        };
+        let Some(answer) = answer else {
+            self.rate_limit = Some("error");
+            if service.failure_mode_deny {
+                self.refuse_body(ratelimit::unavailable());
+            } else {
+                self.resume_http_request();
+            }
+            return;
+        };
+        match ratelimit::verdict(&service, &answer) {
+            ratelimit::Verdict::Allowed { headers } => {
+                self.rate_limit = Some("ok");
+                self.response_headers = headers;
+                self.resume_http_request();
+            }
+            ratelimit::Verdict::OverLimit(stop) => {
+                self.rate_limit = Some("over_limit");
+                if stop.refusal.shadow {
+                    self.record_body_refusal(stop);
+                    self.resume_http_request();
+                } else {
+                    self.refuse_body(stop);
+                }
+            }
+        }
+    }
+}
 
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
@@ -141,10 +196,10 @@ impl HttpContext for Stream {
         let request_id = req
             .header("x-request-id")
             .map_or_else(|| format!("{now:x}-{:x}", self.context_id), str::to_owned);
-        let action = match &decision.verdict {
+        let call = match &decision.verdict {
             Verdict::Refuse(refusal) if !refusal.shadow => {
                 self.refuse(refusal, &request_id);
-                Action::Pause
+                None
             }
             _ => {
                 for edit in &decision.edits {
@@ -156,7 +211,7 @@ impl HttpContext for Stream {
                     }
                 }
                 self.body = decision.body;
-                Action::Continue
+                Some(self.ask_rate_limit_service(&config, &decision, &req))
             }
         };
         self.seen = Some(Seen {
@@ -169,7 +224,14 @@ impl HttpContext for Stream {
             decision,
             latency_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
         });
-        action
+        match call {
+            None | Some(Ask::Wait) => Action::Pause,
+            Some(Ask::NotNeeded) => Action::Continue,
+            Some(Ask::Failed(stop)) => {
+                self.refuse_body(stop);
+                Action::Pause
+            }
+        }
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
@@ -206,7 +268,8 @@ impl HttpContext for Stream {
         }
         match stop {
             Some(stop) => {
-                let shadow = config.routes.get(plan.route).is_some_and(|r| r.shadow);
+                let shadow =
+                    stop.refusal.shadow || config.routes.get(plan.route).is_some_and(|r| r.shadow);
                 if shadow {
                     self.record_body_refusal(stop.shadowed());
                     Action::Continue
@@ -220,6 +283,9 @@ impl HttpContext for Stream {
     }
 
     fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        for (name, value) in std::mem::take(&mut self.response_headers) {
+            self.add_http_response_header(name, &value);
+        }
         if self.status.is_none() {
             self.status = self
                 .get_http_response_header_bytes(":status")
@@ -270,6 +336,7 @@ impl HttpContext for Stream {
             rule: d.rule.as_deref(),
             status: self.status,
             filter_latency_us: seen.latency_us,
+            rate_limit: self.rate_limit,
         };
         log_info(&record.to_json());
     }
@@ -297,6 +364,48 @@ impl Stream {
         self.status = Some(refusal.status);
     }
 
+    /// Calls the rate-limit service when the route has descriptors for this request. A call
+    /// that cannot be made is a failure of the service.
+    fn ask_rate_limit_service(
+        &mut self,
+        config: &Config,
+        decision: &Decision,
+        req: &Request<'_>,
+    ) -> Ask {
+        let Some(service) = &config.rate_limit_service else {
+            return Ask::NotNeeded;
+        };
+        let descriptors = ratelimit::descriptors(config, decision, req);
+        if descriptors.is_empty() {
+            return Ask::NotNeeded;
+        }
+        let message = ratelimit::request_message(service, &descriptors);
+        let call = self.dispatch_grpc_call(
+            // A serialized GrpcService is valid UTF-8 for any cluster name under 128 bytes;
+            // the SDK takes the target as &str.
+            std::str::from_utf8(&service.grpc_service).unwrap_or(&service.cluster),
+            ratelimit::SERVICE,
+            ratelimit::METHOD,
+            Vec::new(),
+            Some(&message),
+            Duration::from_millis(service.timeout_ms),
+        );
+        match call {
+            Ok(token) => {
+                self.rate_limit_call = Some(token);
+                Ask::Wait
+            }
+            Err(_) => {
+                self.rate_limit = Some("error");
+                if service.failure_mode_deny {
+                    Ask::Failed(ratelimit::unavailable())
+                } else {
+                    Ask::NotNeeded
+                }
+            }
+        }
+    }
+
     /// Refuses in the body phase, and records why for the audit line.
     fn refuse_body(&mut self, stop: Stop) {
         self.body = None;
@@ -315,6 +424,16 @@ impl Stream {
             seen.decision.rule = stop.rule;
         }
     }
+}
+
+/// What the header phase does about the rate-limit service.
+enum Ask {
+    /// No service, or no descriptor for this request.
+    NotNeeded,
+    /// The request waits for the answer.
+    Wait,
+    /// The call could not be made and the failure mode refuses.
+    Failed(Stop),
 }
 
 /// proxy-wasm shared data, shared by every worker VM of the plugin's VM id.

@@ -439,3 +439,102 @@ fn protection_settings_are_checked_with_paths() {
         );
     }
 }
+
+#[test]
+fn inspection_refuses_attacks_in_path_query_headers_and_bodies() {
+    let gw = Gateway::new(json!({
+        "inspection": {"headers": ["user-agent", "cookie", "x-search"]},
+        "routes": [
+            {"name": "watch", "public": true, "match": {"prefix": "/watch"},
+             "inspection": {"mode": "shadow"}},
+            {"name": "raw", "public": true, "match": {"prefix": "/raw"}, "inspection": false},
+            {"name": "api", "public": true}
+        ]
+    }));
+    allowed(&gw.run(&req("GET", "/search?q=O%27Brien%27s%20order&page=2")));
+    let attacks = [
+        req(
+            "GET",
+            "/search?q=1%27%20UNION%20SELECT%20password%20FROM%20users--",
+        ),
+        req("GET", "/files?name=..%2F..%2F..%2Fetc%2Fpasswd"),
+        req("GET", "/x").header("user-agent", "() { :; }; /bin/bash -c 'id'"),
+        req("GET", "/x").header("x-search", "<script>alert(1)</script>"),
+        req("GET", "/x").header("cookie", "session=abc; q=%3Cscript%3Ealert(1)%3C/script%3E"),
+    ];
+    for r in &attacks {
+        let d = gw.run(r);
+        let (status, error, _) = refused(&d);
+        assert_eq!(
+            (status, error),
+            (403, "suspicious_request"),
+            "{:?}",
+            r.headers
+        );
+        assert!(d.rule.is_some());
+    }
+    // Shadow mode records; a route without inspection does not look.
+    let d = gw.run(&req(
+        "GET",
+        "/watch?q=1%27%20UNION%20SELECT%20password%20FROM%20users--",
+    ));
+    assert!(
+        matches!(&d.verdict, Verdict::Refuse(r) if r.shadow),
+        "{d:?}"
+    );
+    assert_eq!(d.reason, "suspicious_request");
+    allowed(&gw.run(&req(
+        "GET",
+        "/raw?q=1%27%20UNION%20SELECT%20password%20FROM%20users--",
+    )));
+
+    // Bodies: JSON and form values, read whole.
+    let post = |ct: &str| req("POST", "/api").header("content-type", ct).with_body();
+    let d = gw.run(&post("application/json"));
+    let plan = d.body.unwrap();
+    assert!(plan.buffer);
+    let route = &gw.config.routes[2];
+    let ok = br#"{"note": "don't ship before 5 - 3 = 2 days; mail bob@example.com", "n": [1, 2]}"#;
+    assert!(guard::check_body(route, &plan, ok).is_none());
+    let bad = br#"{"items": [{"note": "<img src=x onerror=alert(1)>"}]}"#;
+    let stop = guard::check_body(route, &plan, bad).unwrap();
+    assert_eq!(
+        (stop.refusal.status, stop.reason),
+        (403, "suspicious_request")
+    );
+    let plan = gw
+        .run(&post("application/x-www-form-urlencoded"))
+        .body
+        .unwrap();
+    assert!(plan.buffer);
+    assert!(guard::check_body(route, &plan, b"a=1&b=hello+world").is_none());
+    assert!(guard::check_body(route, &plan, b"a=1;cat%20/etc/passwd").is_some());
+    // Other bodies stream through.
+    assert!(
+        !gw.run(&post("application/octet-stream"))
+            .body
+            .unwrap()
+            .buffer
+    );
+}
+
+#[test]
+fn inspection_settings_are_checked() {
+    let errs = errors(json!({
+        "inspection": {"mode": "loud", "level": "extreme", "categories": ["sqli", "csrf"],
+                       "disabled_rules": ["no-such-rule"]},
+        "routes": [{"public": true}]
+    }));
+    for want in [
+        "inspection.mode: \"loud\" is not \"block\" or \"shadow\"",
+        "inspection.level: unknown inspection level \"extreme\"",
+        "inspection.categories[1]: unknown inspection category \"csrf\"",
+        "inspection: unknown inspection rule \"no-such-rule\"",
+    ] {
+        assert!(
+            errs.iter().any(|e| e.starts_with(want)),
+            "missing {want:?} in {errs:#?}"
+        );
+    }
+    assert_eq!(errs.len(), 4, "{errs:#?}");
+}

@@ -25,6 +25,8 @@ fn config() -> Value {
             {"name": "upload", "match": {"prefix": "/upload"}, "public": true,
              "allowed_methods": ["POST"], "content_types": ["application/json"],
              "limits": {"max_body_bytes": 64}},
+            {"name": "comments", "match": {"prefix": "/comments"}, "public": true,
+             "inspection": {"mode": "block"}},
             {"name": "rest", "public": true}
         ]
     })
@@ -140,6 +142,35 @@ fn protection_refusals_over_http() {
         Duration::from_millis(30),
     );
     refused(&r, 413, "body_too_large");
+
+    // Inspection: an attack in the query is refused at header time; one in a JSON body after
+    // the whole body was read (sent in chunks), and nothing reaches the service; prose passes.
+    refused(
+        &get(
+            "/comments?q=1%27%20UNION%20SELECT%20password%20FROM%20users--",
+            &[],
+        ),
+        403,
+        "suspicious_request",
+    );
+    let r = request_chunks(
+        addr,
+        "POST",
+        "/comments",
+        json_ct,
+        &[
+            br#"{"text": "nice post", "#,
+            br#""html": "<script>alert(1)</script>"}"#,
+        ],
+        Duration::from_millis(30),
+    );
+    refused(&r, 403, "suspicious_request");
+    let prose = br#"{"text": "O'Brien's order: don't ship before 5 - 3 = 2 days"}"#;
+    let r = request(addr, "POST", "/comments", json_ct, prose);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["body"], std::str::from_utf8(prose).unwrap());
+    let r = request(addr, "POST", "/comments", json_ct, b"{\"text\": ");
+    refused(&r, 400, "invalid_body");
 
     // The client address: the peer is loopback (not allowed); one trusted hop makes the
     // X-Forwarded-For entry the client; an entry a client prepends is not reached.

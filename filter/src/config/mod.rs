@@ -3,6 +3,7 @@
 //! [`Config::from_json`] either returns a fully prepared policy (keys decoded, regexes
 //! compiled, hashes parsed) or every error it found, each naming its JSON path.
 
+pub mod inspection;
 pub mod protection;
 pub mod provider;
 pub mod ratelimit;
@@ -136,14 +137,19 @@ fn read_config(cx: &mut Ctx, doc: &Value) -> Option<Config> {
     let rate_limit_service = top
         .get("rate_limit_service")
         .and_then(|v| ratelimit::read_service(cx, v, "rate_limit_service"));
+    let inspection = top.get("inspection").map(|v| {
+        inspection::read_spec(cx, v, "inspection", &inspection::InspectionSpec::default())
+    });
     let defaults = RouteDefaults {
         limits,
         burst,
+        inspection,
         path_options: path_normalization.options,
         rate_limit_service: top.has("rate_limit_service"),
     };
+    let mut inspectors = inspection::InspectorCache::default();
     let routes = match top.required(cx, "routes") {
-        Some(v) => route::read_routes(cx, v, "routes", &providers, &defaults),
+        Some(v) => route::read_routes(cx, v, "routes", &providers, &defaults, &mut inspectors),
         None => Vec::new(),
     };
     top.finish(cx);

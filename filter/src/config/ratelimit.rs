@@ -24,6 +24,8 @@ pub struct RateLimitService {
     pub headers: HeaderStyle,
     /// Record over-limit answers without refusing.
     pub shadow: bool,
+    /// The `proxy_grpc_call` target: a serialized GrpcService naming `cluster`.
+    pub grpc_service: Vec<u8>,
 }
 
 /// The response headers that report limits.
@@ -121,8 +123,10 @@ pub fn read_service(cx: &mut Ctx, v: &Value, path: &str) -> Option<RateLimitServ
     };
     let shadow = o.bool(cx, "shadow", false);
     o.finish(cx);
+    let cluster = cluster.filter(|c| !c.is_empty())?;
     Some(RateLimitService {
-        cluster: cluster.filter(|c| !c.is_empty())?,
+        grpc_service: crate::ratelimit::proto::encode_grpc_service(&cluster),
+        cluster,
         domain: domain.filter(|d| !d.is_empty())?,
         timeout_ms: timeout_ms.max(1),
         failure_mode_deny,

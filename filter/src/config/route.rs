@@ -18,6 +18,8 @@ pub struct RouteDefaults {
     pub rate_limit_service: bool,
     /// Path normalisation: `path` and `prefix` rules must be written in normal form.
     pub path_options: crate::path::PathOptions,
+    /// The global `inspection` block, if any.
+    pub inspection: Option<super::inspection::InspectionSpec>,
 }
 
 /// One route; the first route that matches a request decides it.
@@ -46,6 +48,8 @@ pub struct Route {
     pub content_types: Vec<String>,
     /// Descriptors sent to the rate-limit service, one per policy.
     pub rate_limits: Vec<super::ratelimit::RateLimitPolicy>,
+    /// Attack signatures looked for in this route's requests.
+    pub inspection: Option<super::inspection::Inspection>,
     /// No authentication at all: credentials are not even looked at.
     pub public: bool,
     /// Indexes of the providers that may authenticate the request (any of them).
@@ -120,6 +124,7 @@ pub(super) fn read_routes(
     path: &str,
     providers: &[Provider],
     defaults: &RouteDefaults,
+    inspectors: &mut super::inspection::InspectorCache,
 ) -> Vec<Route> {
     let Some(items) = reader::as_array(cx, v, path) else {
         return Vec::new();
@@ -131,7 +136,15 @@ pub(super) fn read_routes(
         .iter()
         .enumerate()
         .filter_map(|(i, item)| {
-            read_route(cx, item, &reader::index(path, i), i, providers, defaults)
+            read_route(
+                cx,
+                item,
+                &reader::index(path, i),
+                i,
+                providers,
+                defaults,
+                inspectors,
+            )
         })
         .collect()
 }
@@ -143,6 +156,7 @@ fn read_route(
     index: usize,
     providers: &[Provider],
     defaults: &RouteDefaults,
+    inspectors: &mut super::inspection::InspectorCache,
 ) -> Option<Route> {
     let mut o = Obj::new(cx, v, path)?;
     let name = o
@@ -174,6 +188,23 @@ fn read_route(
     };
     let content_types = protection::read_content_types(cx, &mut o, "content_types");
     let rate_limits = super::ratelimit::read_policies(cx, &mut o, "rate_limits");
+    let inspection_path = o.field_path("inspection");
+    let spec = match o.get("inspection") {
+        None => defaults.inspection.clone(),
+        Some(Value::Bool(false)) => None,
+        Some(v) => {
+            let base = defaults.inspection.clone().unwrap_or_default();
+            Some(super::inspection::read_spec(cx, v, &inspection_path, &base))
+        }
+    };
+    let inspection = spec.and_then(|s| {
+        let at = if o.has("inspection") {
+            inspection_path.clone()
+        } else {
+            "inspection".to_owned()
+        };
+        inspectors.resolve(cx, &s, &at)
+    });
     if !rate_limits.is_empty() && !defaults.rate_limit_service {
         cx.error(
             &o.field_path("rate_limits"),
@@ -240,6 +271,7 @@ fn read_route(
         limits,
         content_types,
         rate_limits,
+        inspection,
         public,
         requires,
         deciding,

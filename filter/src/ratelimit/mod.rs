@@ -250,6 +250,7 @@ mod tests {
             failure_mode_deny: true,
             headers,
             shadow: false,
+            grpc_service: proto::encode_grpc_service("rl"),
         }
     }
 

@@ -90,6 +90,17 @@ pub fn encode_request(domain: &str, descriptors: &[Vec<(&str, String)>], hits: u
     out
 }
 
+/// A serialized `envoy.config.core.v3.GrpcService { envoy_grpc { cluster_name } }`, the target
+/// `proxy_grpc_call` is given: Envoy parses the target as this message first and only then as a
+/// plain cluster name, and some plain names happen to be valid protobuf.
+pub fn encode_grpc_service(cluster: &str) -> Vec<u8> {
+    let mut envoy_grpc = Vec::with_capacity(cluster.len() + 2);
+    put_bytes(&mut envoy_grpc, 1, cluster.as_bytes());
+    let mut out = Vec::with_capacity(envoy_grpc.len() + 2);
+    put_bytes(&mut out, 1, &envoy_grpc);
+    out
+}
+
 /// Decodes a `RateLimitResponse`.
 pub fn decode_response(bytes: &[u8]) -> Result<Response, DecodeError> {
     let mut response = Response {
