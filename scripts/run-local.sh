@@ -61,6 +61,15 @@ The keys and tokens below are test material from filter/tests/keys: never use th
   curl -i -H "Authorization: Bearer $TOKEN" http://127.0.0.1:10000/api/admin/users
   curl -i -H "Authorization: Bearer $ADMIN_TOKEN" http://127.0.0.1:10000/api/admin/users
 
+  # request protection: a SQL injection in the query (403 suspicious_request), a path that
+  # cannot be made unambiguous (400), dot segments normalised before the admin rule (401)
+  curl -i "http://127.0.0.1:10000/api/catalog/items?q=1%27%20UNION%20SELECT%20password%20FROM%20users--"
+  curl -i --path-as-is "http://127.0.0.1:10000/api/x/..%2fadmin/users"
+  curl -i --path-as-is "http://127.0.0.1:10000/api/catalog/../admin/users"
+
+  # the burst guard (20/s, burst 40 per client address): the 41st request at once gets 429
+  for i in \$(seq 45); do curl -s -o /dev/null -w "%{http_code} " http://127.0.0.1:10000/api/catalog/items; done; echo
+
   # the catalog allows anonymous requests; the filter's metrics and Envoy-style stats
   curl -i http://127.0.0.1:10000/api/catalog/items
   curl -s http://127.0.0.1:9901/stats/prometheus | head -40
