@@ -13,6 +13,10 @@ setup:
 	@rustup target list --installed | grep -qx '$(WASM_TARGET)' || rustup target add $(WASM_TARGET)
 	@rustup component list --installed | grep -q '^clippy' || rustup component add clippy
 	@rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
+	@# The rate-limit service's tests start their own Redis (standalone and Cluster); its bench
+	@# compares with redis-benchmark. Debian's redis-server brings redis-cli and redis-benchmark.
+	@command -v redis-server >/dev/null && command -v redis-cli >/dev/null && command -v redis-benchmark >/dev/null \
+		|| { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
 
 ## build: the filter as wasm (target/wasm32-wasip1/release/portcullis.wasm) and the native CLI.
 build: setup

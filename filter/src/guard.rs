@@ -2,11 +2,13 @@
 //! body size and type) and of the body phase. Each returns a [`Stop`] when it refuses.
 
 use crate::burst::{self, Outcome, SharedStore};
+use crate::config::schemas;
 use crate::config::{IpFilter, Limits, Route};
 use crate::decision::Refusal;
 use crate::inspect::{Finding, Location};
 use crate::json_limits;
 use crate::request::Request;
+use crate::schema::Violation;
 use std::net::{IpAddr, Ipv4Addr};
 
 /// A refusal with its audit reason and rule.
@@ -66,6 +68,8 @@ pub struct BodyPlan {
     pub buffer: bool,
     /// The body's kind by its `content-type` (request headers are gone in the body phase).
     pub kind: BodyKind,
+    /// The route's `body_schemas` entry the body must match.
+    pub schema: Option<usize>,
 }
 
 /// How a body is read.
@@ -225,6 +229,20 @@ pub fn body_headers(route: &Route, req: &Request<'_>, end_of_stream: bool) -> Op
         return Some(too_large(route.limits.max_body_bytes));
     }
     let has_body = !end_of_stream && declared != Some(0);
+    if schemas::for_method(&route.body_schemas, req.method()).is_some() {
+        if !has_body {
+            let msg = "this request needs a JSON body".to_owned();
+            return Some(Stop::new(400, "invalid_body", msg));
+        }
+        if BodyKind::of(req.header("content-type")) != BodyKind::Json {
+            let stop = Stop::new(
+                415,
+                "unsupported_media_type",
+                "the request body must be JSON (application/json)".to_owned(),
+            );
+            return Some(stop.header("accept", "application/json".to_owned()));
+        }
+    }
     if !has_body || route.content_types.is_empty() {
         return None;
     }
@@ -283,11 +301,13 @@ fn found(finding: Finding, shadow: bool) -> Stop {
 pub fn body_plan(route: &Route, index: usize, req: &Request<'_>) -> BodyPlan {
     let kind = BodyKind::of(req.header("content-type"));
     let inspected = kind != BodyKind::Other && route.inspection.as_ref().is_some_and(|i| i.body);
+    let schema = schemas::for_method(&route.body_schemas, req.method()).map(|(i, _)| i);
     BodyPlan {
         route: index,
         max_bytes: route.limits.max_body_bytes,
-        buffer: inspected,
+        buffer: inspected || schema.is_some(),
         kind,
+        schema,
     }
 }
 
@@ -309,6 +329,12 @@ pub fn check_body(route: &Route, plan: &BodyPlan, body: &[u8]) -> Option<Stop> {
                 let msg = "the request body is not valid JSON".to_owned();
                 return Some(Stop::new(400, "invalid_body", msg));
             };
+            if let Some(body_schema) = plan.schema.and_then(|i| route.body_schemas.get(i)) {
+                let violations = body_schema.schema.validate(&value, MAX_VIOLATIONS);
+                if !violations.is_empty() {
+                    return Some(schema_refusal(&body_schema.name, &violations));
+                }
+            }
             let finding = inspection.and_then(|i| i.inspector.inspect_json(&value));
             finding.map(|f| found(f, inspection.is_some_and(|i| i.shadow)))
         }
@@ -318,6 +344,25 @@ pub fn check_body(route: &Route, plan: &BodyPlan, body: &[u8]) -> Option<Stop> {
         }
         BodyKind::Other => None,
     }
+}
+
+/// Violations listed in a refusal; the validator stops looking after this many.
+pub const MAX_VIOLATIONS: usize = 10;
+
+/// 400 with the violations as `details`.
+fn schema_refusal(name: &str, violations: &[Violation]) -> Stop {
+    let mut stop = Stop::new(
+        400,
+        "schema_violation",
+        format!(
+            "the request body does not match the schema ({} violation{})",
+            violations.len(),
+            if violations.len() == 1 { "" } else { "s" }
+        ),
+    );
+    stop.rule = Some(name.to_owned());
+    stop.refusal.details = serde_json::to_value(violations).ok();
+    stop
 }
 
 /// The 413 refusal for a body over `max` bytes.

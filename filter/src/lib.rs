@@ -22,6 +22,7 @@ pub mod path;
 pub mod ratelimit;
 pub mod reply;
 pub mod request;
+pub mod schema;
 
 #[cfg(all(target_arch = "wasm32", feature = "proxy-wasm-glue"))]
 mod wasm;

@@ -538,3 +538,105 @@ fn inspection_settings_are_checked() {
     }
     assert_eq!(errs.len(), 4, "{errs:#?}");
 }
+
+fn order_schema() -> Value {
+    json!({
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        "type": "object",
+        "required": ["customer", "items"],
+        "additionalProperties": false,
+        "properties": {
+            "customer": {"type": "string", "format": "email"},
+            "items": {"type": "array", "minItems": 1, "items": {
+                "type": "object", "required": ["sku", "quantity"],
+                "properties": {"sku": {"type": "string", "pattern": "^[A-Z]{3}-[0-9]{4}$"},
+                               "quantity": {"type": "integer", "minimum": 1}}}}
+        }
+    })
+}
+
+#[test]
+fn json_schemas_check_bodies_by_method() {
+    let gw = Gateway::new(json!({
+        "schemas": {"order": order_schema()},
+        "routes": [
+            {"name": "orders", "public": true, "match": {"prefix": "/orders"},
+             "body_schemas": [
+                 {"methods": ["POST"], "schema": "order"},
+                 {"methods": ["PATCH"], "schema": {"type": "object", "maxProperties": 1}}
+             ]}
+        ]
+    }));
+    let post = |method: &str, ct: &str| {
+        req(method, "/orders")
+            .header("content-type", ct)
+            .with_body()
+    };
+    // Header time: the body must be JSON, and present.
+    let (s, e, h) = refused(&gw.run(&post("POST", "text/plain")));
+    assert_eq!((s, e), (415, "unsupported_media_type"));
+    assert_eq!(h, vec![("accept", "application/json".to_owned())]);
+    assert_eq!(refused(&gw.run(&req("POST", "/orders"))).1, "invalid_body");
+    // GET has no schema.
+    allowed(&gw.run(&req("GET", "/orders")));
+
+    let d = gw.run(&post("POST", "application/json"));
+    let plan = d.body.unwrap();
+    assert!(plan.buffer && plan.schema == Some(0));
+    let route = &gw.config.routes[0];
+    let good =
+        json!({"customer": "ann@example.com", "items": [{"sku": "ABC-1234", "quantity": 2}]});
+    assert!(guard::check_body(route, &plan, good.to_string().as_bytes()).is_none());
+    let bad = json!({"customer": "not-an-email", "items": [{"sku": "abc", "quantity": 0}], "x": 1});
+    let stop = guard::check_body(route, &plan, bad.to_string().as_bytes()).unwrap();
+    assert_eq!(
+        (stop.refusal.status, stop.reason),
+        (400, "schema_violation")
+    );
+    assert_eq!(stop.rule.as_deref(), Some("order"));
+    let details = stop.refusal.details.clone().unwrap();
+    let list = details.as_array().unwrap();
+    let keywords: Vec<&str> = list
+        .iter()
+        .map(|v| v["keyword"].as_str().unwrap())
+        .collect();
+    for k in ["format", "pattern", "minimum", "additionalProperties"] {
+        assert!(keywords.contains(&k), "{k} in {details}");
+    }
+    assert!(
+        list.iter()
+            .any(|v| v["instance_path"] == "/items/0/quantity"),
+        "{details}"
+    );
+    // The reply body carries them.
+    let body: Value = serde_json::from_str(&reply::body(&stop.refusal, "rid")).unwrap();
+    assert_eq!(body["details"], details);
+    assert!(
+        !body.to_string().contains("not-an-email"),
+        "values are not echoed: {body}"
+    );
+
+    // An inline schema for PATCH.
+    let plan = gw.run(&post("PATCH", "application/json")).body.unwrap();
+    assert!(guard::check_body(route, &plan, br#"{"a": 1}"#).is_none());
+    assert!(guard::check_body(route, &plan, br#"{"a": 1, "b": 2}"#).is_some());
+}
+
+#[test]
+fn schema_settings_are_checked() {
+    let errs = errors(json!({
+        "schemas": {"bad": {"type": "no-such-type"}, "remote": {"$ref": "https://example.com/s.json"}},
+        "routes": [{"public": true, "body_schemas": [{"schema": "missing"}, {"schema": 3}]}]
+    }));
+    for want in [
+        "schemas.bad: ",
+        "schemas.remote: ",
+        "routes[0].body_schemas[0].schema: no schema is named \"missing\"",
+        "routes[0].body_schemas[1].schema: expected a schema name or a schema, found a number",
+    ] {
+        assert!(
+            errs.iter().any(|e| e.starts_with(want)),
+            "missing {want:?} in {errs:#?}"
+        );
+    }
+}

@@ -13,6 +13,8 @@ use support::*;
 
 fn config() -> Value {
     json!({
+        "schemas": {"order": {"type": "object", "required": ["sku", "quantity"],
+            "properties": {"sku": {"type": "string"}, "quantity": {"type": "integer", "minimum": 1}}}},
         "client_ip": {"xff_num_trusted_hops": 1},
         "limits": {"max_uri_bytes": 200, "max_headers": 30, "max_query_params": 5},
         "routes": [
@@ -25,6 +27,8 @@ fn config() -> Value {
             {"name": "upload", "match": {"prefix": "/upload"}, "public": true,
              "allowed_methods": ["POST"], "content_types": ["application/json"],
              "limits": {"max_body_bytes": 64}},
+            {"name": "orders", "match": {"prefix": "/orders"}, "public": true,
+             "body_schemas": [{"methods": ["POST"], "schema": "order"}]},
             {"name": "comments", "match": {"prefix": "/comments"}, "public": true,
              "inspection": {"mode": "block"}},
             {"name": "rest", "public": true}
@@ -171,6 +175,27 @@ fn protection_refusals_over_http() {
     assert_eq!(r.json()["body"], std::str::from_utf8(prose).unwrap());
     let r = request(addr, "POST", "/comments", json_ct, b"{\"text\": ");
     refused(&r, 400, "invalid_body");
+
+    // JSON Schema: violations listed in the 400 body; a valid order reaches the service.
+    let r = request(
+        addr,
+        "POST",
+        "/orders",
+        json_ct,
+        br#"{"sku": "A-1", "quantity": 0}"#,
+    );
+    refused(&r, 400, "schema_violation");
+    let details = r.json()["details"].clone();
+    assert_eq!(details[0]["instance_path"], "/quantity", "{details}");
+    assert_eq!(details[0]["keyword"], "minimum", "{details}");
+    let r = request(
+        addr,
+        "POST",
+        "/orders",
+        json_ct,
+        br#"{"sku": "A-1", "quantity": 2}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
 
     // The client address: the peer is loopback (not allowed); one trusted hop makes the
     // X-Forwarded-For entry the client; an entry a client prepends is not reached.

@@ -9,6 +9,7 @@ pub mod provider;
 pub mod ratelimit;
 pub mod reader;
 pub mod route;
+pub mod schemas;
 
 pub use protection::{Burst, IpFilter, Limits};
 pub use provider::{ApiKeyProvider, JwtProvider, Provider, ProviderKind, TokenSource};
@@ -140,10 +141,14 @@ fn read_config(cx: &mut Ctx, doc: &Value) -> Option<Config> {
     let inspection = top.get("inspection").map(|v| {
         inspection::read_spec(cx, v, "inspection", &inspection::InspectionSpec::default())
     });
+    let schemas = top.get("schemas").map_or_else(Default::default, |v| {
+        schemas::read_schemas(cx, v, "schemas")
+    });
     let defaults = RouteDefaults {
         limits,
         burst,
         inspection,
+        schemas,
         path_options: path_normalization.options,
         rate_limit_service: top.has("rate_limit_service"),
     };

@@ -20,6 +20,8 @@ pub struct RouteDefaults {
     pub path_options: crate::path::PathOptions,
     /// The global `inspection` block, if any.
     pub inspection: Option<super::inspection::InspectionSpec>,
+    /// The named schemas of the top-level `schemas` map.
+    pub schemas: super::schemas::Schemas,
 }
 
 /// One route; the first route that matches a request decides it.
@@ -50,6 +52,8 @@ pub struct Route {
     pub rate_limits: Vec<super::ratelimit::RateLimitPolicy>,
     /// Attack signatures looked for in this route's requests.
     pub inspection: Option<super::inspection::Inspection>,
+    /// JSON Schemas request bodies must match, by method.
+    pub body_schemas: Vec<super::schemas::BodySchema>,
     /// No authentication at all: credentials are not even looked at.
     pub public: bool,
     /// Indexes of the providers that may authenticate the request (any of them).
@@ -188,6 +192,8 @@ fn read_route(
     };
     let content_types = protection::read_content_types(cx, &mut o, "content_types");
     let rate_limits = super::ratelimit::read_policies(cx, &mut o, "rate_limits");
+    let body_schemas =
+        super::schemas::read_body_schemas(cx, &mut o, "body_schemas", &defaults.schemas);
     let inspection_path = o.field_path("inspection");
     let spec = match o.get("inspection") {
         None => defaults.inspection.clone(),
@@ -272,6 +278,7 @@ fn read_route(
         content_types,
         rate_limits,
         inspection,
+        body_schemas,
         public,
         requires,
         deciding,
