@@ -107,8 +107,15 @@ fn host(config: &Value, rls: SocketAddr) -> (Host, SocketAddr, EchoServer) {
     (host, ([127, 0, 0, 1], port).into(), echo)
 }
 
+/// One test, run in sequence: ports picked by parallel tests (and the service's ephemeral
+/// ports) could otherwise collide between picking and binding.
 #[test]
-fn limits_from_the_service_over_grpc() {
+fn rate_limits_over_grpc() {
+    limits_from_the_service();
+    an_unreachable_service_follows_the_failure_mode();
+}
+
+fn limits_from_the_service() {
     let rls = rate_limit_service();
     let (host, addr, _echo) = host(&filter_config(true), rls.grpc);
 
@@ -146,7 +153,6 @@ fn limits_from_the_service_over_grpc() {
     assert_eq!(lines.len(), 1, "{lines:#?}");
 }
 
-#[test]
 fn an_unreachable_service_follows_the_failure_mode() {
     // A port nobody listens on.
     let dead: SocketAddr = ([127, 0, 0, 1], free_port()).into();
