@@ -340,7 +340,7 @@ fn read_match(
 }
 
 /// A list of HTTP methods (upper-case tokens).
-fn read_methods(cx: &mut Ctx, o: &mut Obj<'_>, key: &'static str) -> Vec<String> {
+pub(super) fn read_methods(cx: &mut Ctx, o: &mut Obj<'_>, key: &'static str) -> Vec<String> {
     let path = o.field_path(key);
     o.str_list(cx, key)
         .into_iter()

@@ -59,23 +59,7 @@ pub fn read_body_schemas(
         .into_iter()
         .filter_map(|(v, path)| {
             let mut e = Obj::new(cx, v, &path)?;
-            let methods_path = e.field_path("methods");
-            let methods: Vec<String> = e
-                .str_list(cx, "methods")
-                .into_iter()
-                .enumerate()
-                .filter_map(|(i, m)| {
-                    if !m.is_empty() && m.bytes().all(|b| b.is_ascii_uppercase()) {
-                        Some(m.to_owned())
-                    } else {
-                        cx.error(
-                            &reader::index(&methods_path, i),
-                            format!("{m:?} is not an upper-case HTTP method"),
-                        );
-                        None
-                    }
-                })
-                .collect();
+            let methods = super::route::read_methods(cx, &mut e, "methods");
             let schema_path = e.field_path("schema");
             let found = match e.required(cx, "schema") {
                 Some(Value::String(name)) => match named.get(name) {
