@@ -45,7 +45,8 @@ test-modules: setup
 test: lint build test-modules
 	$(CARGO) test --locked --workspace --exclude portcullis-bench
 
-## bench: per-request decision cost, natively and inside wasmtime (prints figures, never fails on time).
+## bench: per-request cost natively, inside wasmtime and inside the host's ABI; whole requests over
+## loopback (prints figures, never fails on time; docs/benchmarks.md).
 bench: build
 	$(CARGO) build --release --locked --target $(WASM_TARGET) -p portcullis-bench-guest
 	$(CARGO) run --release --locked -p portcullis-bench

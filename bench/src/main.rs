@@ -6,6 +6,9 @@
 //!
 //! Each figure is the median of several timed batches after a warm-up, in µs per request.
 
+mod host_abi;
+mod loopback;
+
 use anyhow::{Context, Result, bail};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use portcullis::ipset::IpSet;
@@ -29,7 +32,7 @@ const IP_NETWORKS: usize = 10_000;
 const IP_PROBES: usize = 1024;
 
 /// A workload for `portcullis_bench_guest::Workload`, run natively and inside wasmtime.
-struct Scenario {
+pub(crate) struct Scenario {
     name: String,
     setup: Value,
 }
@@ -47,38 +50,129 @@ fn main() -> Result<()> {
         )
     })?;
 
+    let filter = host_abi::Filter::load(&root)?;
+
     println!(
-        "Header-phase decision for an allowed request, µs per request (median of {BATCHES} batches)"
+        "Header-phase decision for an allowed request, µs per request (median of {BATCHES} batches);"
     );
-    print_table(&engine, &module, &auth_scenarios(&root, now)?)?;
+    println!(
+        "host ABI = portcullis.wasm in portcullis-host for a whole stream (headers, response, log)"
+    );
+    let auth = auth_scenarios(&root, now)?;
+    print_table(&engine, &module, &filter, &auth)?;
 
     println!();
     println!(
         "Request protection for an allowed request (API key; 10 query parameters, 15 headers), µs per request"
     );
-    print_table(&engine, &module, &protection_scenarios(&root, now)?)?;
+    print_table(
+        &engine,
+        &module,
+        &filter,
+        &protection_scenarios(&root, now)?,
+    )?;
 
     println!();
     ip_lookup(&engine, &module)?;
+
+    println!();
+    println!(
+        "Whole requests over loopback through portcullis-host (2 workers, {} keep-alive connections)",
+        8
+    );
+    loopback_figures(&root, &auth)?;
     Ok(())
 }
 
-/// Times every scenario natively and in wasmtime and prints one row each.
-fn print_table(engine: &Engine, module: &Module, scenarios: &[Scenario]) -> Result<()> {
+/// The echo service direct, through the host without a filter, and through the host with the
+/// filter for an API key and for a cached RS256 token.
+fn loopback_figures(root: &Path, auth: &[Scenario]) -> Result<()> {
+    let rs256 = auth
+        .iter()
+        .find(|s| s.name == "RS256 cached")
+        .context("no RS256 scenario")?;
+    let config = &rs256.setup["decide"]["config"];
+    let header = |name: &str| -> Result<String> {
+        rs256.setup["decide"]["headers"]
+            .as_array()
+            .and_then(|h| h.iter().find(|p| p[0] == name))
+            .and_then(|p| p[1].as_str())
+            .map(str::to_owned)
+            .with_context(|| format!("no {name} header in the RS256 scenario"))
+    };
+    let authorization = header("authorization")?;
+    let filter_config = json!({
+        "providers": {
+            "idp": config["providers"]["idp"],
+            "keys": api_key_provider()["keys"]
+        },
+        "burst": {"requests_per_second": 1_000_000, "burst": 1_000_000},
+        "inspection": {"mode": "block", "level": "medium"},
+        "routes": [{"name": "orders", "match": {"prefix": "/api/orders"},
+                    "requires": ["idp", "keys"], "scopes": ["orders:read"]}]
+    });
+    let stack = loopback::start(root, &filter_config)?;
+    let common = vec![
+        ("user-agent".to_owned(), "portcullis-bench".to_owned()),
+        ("accept".to_owned(), "application/json".to_owned()),
+    ];
+    let with = |name: &str, value: &str| {
+        let mut h = common.clone();
+        h.push((name.to_owned(), value.to_owned()));
+        h
+    };
+    loopback::run(&[
+        loopback::Target {
+            name: "echo service direct".to_owned(),
+            addr: stack.echo,
+            headers: common.clone(),
+        },
+        loopback::Target {
+            name: "host, no filter".to_owned(),
+            addr: stack.plain,
+            headers: common.clone(),
+        },
+        loopback::Target {
+            name: "host + filter, API key".to_owned(),
+            addr: stack.filtered,
+            headers: with("x-api-key", API_KEY),
+        },
+        loopback::Target {
+            name: "host + filter, RS256 token (cached)".to_owned(),
+            addr: stack.filtered,
+            headers: with("authorization", &authorization),
+        },
+    ])
+}
+
+/// Times every scenario natively, in wasmtime and (without a body) through the host's ABI, and
+/// prints one row each.
+fn print_table(
+    engine: &Engine,
+    module: &Module,
+    filter: &host_abi::Filter,
+    scenarios: &[Scenario],
+) -> Result<()> {
     println!(
-        "{:<38} {:>10} {:>10} {:>12}",
-        "scenario", "native", "wasmtime", "wasm/native"
+        "{:<38} {:>9} {:>9} {:>11} {:>9} {:>9}",
+        "scenario", "native", "wasmtime", "wasm/native", "host ABI", "ABI/native"
     );
     for s in scenarios {
         let native = time_native(s)?;
         let wasm = time_wasm(engine, module, s)?;
-        println!(
-            "{:<38} {:>10.2} {:>10.2} {:>11.1}x",
+        let row = format!(
+            "{:<38} {:>9.2} {:>9.2} {:>10.1}x",
             s.name,
             native,
             wasm,
             wasm / native
         );
+        if s.setup["decide"]["body"].is_null() {
+            let abi = filter.time(s)?;
+            println!("{row} {abi:>9.2} {:>8.1}x", abi / native);
+        } else {
+            println!("{row} {:>9} {:>9}", "–", "–");
+        }
     }
     Ok(())
 }
@@ -409,7 +503,7 @@ fn request(credential: &[(&str, &str)]) -> Vec<(String, String)> {
 }
 
 /// Runs `batch(n)` (which performs n requests) and returns the median µs per request.
-fn median_us(mut batch: impl FnMut(u32) -> Result<()>) -> Result<f64> {
+pub(crate) fn median_us(mut batch: impl FnMut(u32) -> Result<()>) -> Result<f64> {
     // Calibrate: grow n until a batch takes a measurable time.
     let mut n: u32 = 1;
     loop {

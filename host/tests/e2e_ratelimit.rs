@@ -1,7 +1,8 @@
 //! Global rate limits end to end: the real filter in `portcullis-host` calls the real
-//! `portcullis-ratelimit` (memory store, in this process) over gRPC on loopback. Allowed
-//! responses carry the IETF RateLimit headers, the request over the limit gets 429 with
-//! `Retry-After`, and a service that cannot be reached gets the configured failure mode.
+//! `portcullis-ratelimit` (in this process) over gRPC on loopback. Allowed responses carry the
+//! IETF RateLimit headers, the request over the limit gets 429 with `Retry-After`, a service
+//! that cannot be reached gets the configured failure mode, and two hosts hammering two service
+//! replicas on one real Redis allow exactly the limit.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -26,6 +27,12 @@ descriptors:
           name: per-client
           unit: hour
           requests_per_unit: 3
+  - key: generic_key
+    value: accuracy
+    rate_limit:
+      name: shared
+      unit: hour
+      requests_per_unit: 20
 "#;
 
 /// The rate-limit service on a runtime of its own; dropped with the runtime.
@@ -36,6 +43,10 @@ struct RateLimitService {
 }
 
 fn rate_limit_service() -> RateLimitService {
+    rate_limit_service_on(StoreSettings::Memory(Arc::new(SystemClock)))
+}
+
+fn rate_limit_service_on(store: StoreSettings) -> RateLimitService {
     let dir = TempDir::new();
     std::fs::write(dir.0.join("limits.yaml"), LIMITS).unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -45,7 +56,7 @@ fn rate_limit_service() -> RateLimitService {
         .unwrap();
     let settings = Settings {
         config_path: dir.0.clone(),
-        store: StoreSettings::Memory(Arc::new(SystemClock)),
+        store,
         grpc_listen: "127.0.0.1:0".parse().unwrap(),
         http_listen: "127.0.0.1:0".parse().unwrap(),
         service: ServiceOptions {
@@ -113,6 +124,7 @@ fn host(config: &Value, rls: SocketAddr) -> (Host, SocketAddr, EchoServer) {
 fn rate_limits_over_grpc() {
     limits_from_the_service();
     an_unreachable_service_follows_the_failure_mode();
+    two_hosts_and_two_replicas_on_redis_allow_exactly_the_limit();
 }
 
 fn limits_from_the_service() {
@@ -171,4 +183,109 @@ fn an_unreachable_service_follows_the_failure_mode() {
         Duration::from_secs(10),
     );
     assert_eq!(lines.len(), 1, "{lines:#?}");
+}
+
+/// One redis-server on a loopback port, without persistence; killed on drop.
+struct Redis {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let port = free_port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
+            .current_dir(std::env::temp_dir())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (make setup installs it)");
+        let redis = Redis { child, port };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !redis.pong() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not answer PING"
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        redis
+    }
+
+    fn pong(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let mut buf = [0u8; 7];
+        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The issue's accuracy case: two hosts (two workers each), each calling its own service
+/// replica, both replicas on one Redis; 64 concurrent requests against a limit of 20 per hour
+/// are answered with exactly 20 passes and 44 refusals.
+fn two_hosts_and_two_replicas_on_redis_allow_exactly_the_limit() {
+    let redis = Redis::start();
+    let store = || {
+        StoreSettings::Redis(portcullis_ratelimit::store::redis::RedisOptions {
+            urls: vec![format!("redis://127.0.0.1:{}", redis.port)],
+            cluster: false,
+            timeout: Duration::from_secs(1),
+        })
+    };
+    let (rls_a, rls_b) = (
+        rate_limit_service_on(store()),
+        rate_limit_service_on(store()),
+    );
+    let config = json!({
+        "rate_limit_service": {"cluster": "ratelimit", "domain": "edge", "timeout_ms": 1000},
+        "routes": [{"name": "orders", "match": {"prefix": "/orders"}, "public": true,
+                    "rate_limits": [{"actions": [{"generic_key": {"descriptor_value": "accuracy"}}]}]}]
+    });
+    let (_host_a, addr_a, _echo_a) = host(&config, rls_a.grpc);
+    let (_host_b, addr_b, _echo_b) = host(&config, rls_b.grpc);
+
+    // The hour window is clock-aligned: stay clear of its boundary so that one window counts.
+    let into_hour = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        % 3600;
+    if into_hour > 3570 {
+        std::thread::sleep(Duration::from_secs(3600 - into_hour + 1));
+    }
+
+    let threads: Vec<_> = (0..8)
+        .map(|i| {
+            let addr = if i % 2 == 0 { addr_a } else { addr_b };
+            std::thread::spawn(move || {
+                (0..8)
+                    .map(|_| {
+                        let r = request(addr, "GET", "/orders/1", &[], b"");
+                        if r.status == 429 {
+                            assert!(r.header("retry-after").is_some(), "{}", r.text());
+                        }
+                        r.status
+                    })
+                    .collect::<Vec<u16>>()
+            })
+        })
+        .collect();
+    let statuses: Vec<u16> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    let allowed = statuses.iter().filter(|s| **s == 200).count();
+    let limited = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!((allowed, limited), (20, 44), "{statuses:?}");
 }

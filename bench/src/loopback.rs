@@ -1,0 +1,264 @@
+//! Whole requests over loopback: an echo upstream, portcullis-host (run in this process on its
+//! own threads, two workers as `--concurrency 2`) with and without the filter, and a load
+//! generator of keep-alive HTTP/1.1 connections. Prints requests per second and latency
+//! percentiles. Everything shares the machine's cores, so the figures say what the filter adds
+//! relative to the same path without it, not what Envoy would do on its own hardware.
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use portcullis_host::abi::LogLevel;
+use portcullis_host::echo::EchoServer;
+use portcullis_host::proxy::{self, Options};
+use serde_json::{Value, json};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Mutex;
+
+/// Concurrent connections of the load generator.
+const CONNECTIONS: usize = 8;
+/// Warm-up, then the measured run, per scenario.
+const WARMUP: Duration = Duration::from_millis(500);
+const MEASURE: Duration = Duration::from_secs(3);
+
+/// One load run: where to send what.
+pub struct Target {
+    /// Row name.
+    pub name: String,
+    /// Listener (or the echo service itself).
+    pub addr: SocketAddr,
+    /// Request headers besides the host (path `/api/orders/1234?expand=items`, GET).
+    pub headers: Vec<(String, String)>,
+}
+
+/// The running pieces: kept alive while the targets are measured.
+pub struct Stack {
+    _echo: EchoServer,
+    _dir: TempDir,
+    /// The echo service, direct.
+    pub echo: SocketAddr,
+    /// The host without any wasm filter (connection manager and router only).
+    pub plain: SocketAddr,
+    /// The host with the filter.
+    pub filtered: SocketAddr,
+}
+
+/// Starts the echo service and the host with two listeners, one with the filter configured by
+/// `filter_config`, and waits until both answer.
+pub fn start(root: &Path, filter_config: &Value) -> Result<Stack> {
+    let echo = EchoServer::start(TcpListener::bind("127.0.0.1:0")?, "svc", None)?;
+    let (plain, filtered, admin) = (free_port()?, free_port()?, free_port()?);
+    let wasm = root.join("target/wasm32-wasip1/release/portcullis.wasm");
+    let dir = TempDir::new()?;
+    let yaml = bootstrap(echo.addr(), plain, filtered, admin, &wasm, filter_config);
+    let path = dir.0.join("envoy.yaml");
+    std::fs::write(&path, yaml)?;
+    let opts = Options {
+        config: path,
+        concurrency: 2,
+        // The filter's audit lines (info) are not printed: a log line per request to a
+        // terminal would measure the terminal.
+        log_level: LogLevel::Warn,
+    };
+    std::thread::Builder::new()
+        .name("portcullis-host".into())
+        .spawn(move || proxy::run(&opts))?;
+    let stack = Stack {
+        echo: echo.addr(),
+        _echo: echo,
+        _dir: dir,
+        plain: ([127, 0, 0, 1], plain).into(),
+        filtered: ([127, 0, 0, 1], filtered).into(),
+    };
+    wait_ready(([127, 0, 0, 1], admin).into())?;
+    Ok(stack)
+}
+
+/// Runs each target and prints a row: requests/s, p50, p99 and p99.9 in µs.
+pub fn run(targets: &[Target]) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    println!(
+        "{:<38} {:>10} {:>9} {:>9} {:>9}",
+        "path", "req/s", "p50 µs", "p99 µs", "p99.9 µs"
+    );
+    for t in targets {
+        let (count, mut latencies) = rt.block_on(load(t))?;
+        latencies.sort_unstable();
+        let pct = |p: f64| {
+            let i = ((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1));
+            latencies.get(i).copied().unwrap_or(0)
+        };
+        println!(
+            "{:<38} {:>10.0} {:>9} {:>9} {:>9}",
+            t.name,
+            count as f64 / MEASURE.as_secs_f64(),
+            pct(0.50),
+            pct(0.99),
+            pct(0.999)
+        );
+    }
+    Ok(())
+}
+
+/// `CONNECTIONS` connections sending requests back to back: a warm-up, then `MEASURE` during
+/// which every answer's latency is kept. Every answer must be 200.
+async fn load(t: &Target) -> Result<(usize, Vec<u32>)> {
+    let latencies = Arc::new(Mutex::new(Vec::<u32>::with_capacity(200_000)));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let stream = tokio::net::TcpStream::connect(t.addr).await?;
+        stream.set_nodelay(true)?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        let headers = t.headers.clone();
+        let addr = t.addr;
+        let latencies = Arc::clone(&latencies);
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::with_capacity(50_000);
+            loop {
+                let sent = Instant::now();
+                if sent.duration_since(start) > WARMUP + MEASURE {
+                    break;
+                }
+                let mut req = http::Request::get("/api/orders/1234?expand=items")
+                    .header("host", addr.to_string());
+                for (k, v) in &headers {
+                    req = req.header(k.as_str(), v.as_str());
+                }
+                let resp = sender
+                    .send_request(req.body(Empty::<Bytes>::new())?)
+                    .await?;
+                let status = resp.status();
+                resp.into_body().collect().await?;
+                if status != http::StatusCode::OK {
+                    bail!("answer {status}, not 200");
+                }
+                if sent.duration_since(start) >= WARMUP {
+                    mine.push(u32::try_from(sent.elapsed().as_micros()).unwrap_or(u32::MAX));
+                }
+            }
+            latencies.lock().await.extend(mine);
+            Ok::<(), anyhow::Error>(())
+        }));
+    }
+    for task in tasks {
+        task.await.context("a load connection panicked")??;
+    }
+    let latencies = std::mem::take(&mut *latencies.lock().await);
+    Ok((latencies.len(), latencies))
+}
+
+fn bootstrap(
+    echo: SocketAddr,
+    plain: u16,
+    filtered: u16,
+    admin: u16,
+    wasm: &Path,
+    filter_config: &Value,
+) -> String {
+    let router = json!({
+        "name": "envoy.filters.http.router",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
+    });
+    let wasm_filter = json!({
+        "name": "envoy.filters.http.wasm",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": "portcullis",
+                "root_id": "portcullis",
+                "vm_config": {
+                    "vm_id": "portcullis",
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": {"local": {"filename": wasm.display().to_string()}}
+                },
+                "configuration": {
+                    "@type": "type.googleapis.com/google.protobuf.StringValue",
+                    "value": filter_config.to_string()
+                }
+            }
+        }
+    });
+    let listener = |name: &str, port: u16, filters: Vec<Value>| {
+        json!({
+            "name": name,
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+            "filter_chains": [{"filters": [{
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                    "stat_prefix": name,
+                    "route_config": {"name": "local", "virtual_hosts": [{
+                        "name": "all", "domains": ["*"],
+                        "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "svc"}}]
+                    }]},
+                    "http_filters": filters
+                }
+            }]}]
+        })
+    };
+    let doc = json!({
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+        "static_resources": {
+            "listeners": [
+                listener("plain", plain, vec![router.clone()]),
+                listener("filtered", filtered, vec![wasm_filter, router]),
+            ],
+            "clusters": [{
+                "name": "svc", "type": "STATIC", "connect_timeout": "1s",
+                "load_assignment": {"cluster_name": "svc", "endpoints": [{"lb_endpoints": [
+                    {"endpoint": {"address": {"socket_address": {
+                        "address": echo.ip().to_string(), "port_value": echo.port()}}}}
+                ]}]}
+            }]
+        }
+    });
+    // JSON is YAML.
+    doc.to_string()
+}
+
+/// Polls the admin `/ready` until it answers 200 (at most 30 s: compiling the module takes a
+/// few seconds).
+fn wait_ready(admin: SocketAddr) -> Result<()> {
+    use std::io::{Read, Write};
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(mut s) = std::net::TcpStream::connect(admin) {
+            let _ = s.write_all(b"GET /ready HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n");
+            let mut answer = String::new();
+            let _ = s.read_to_string(&mut answer);
+            if answer.starts_with("HTTP/1.1 200") {
+                return Ok(());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("portcullis-host did not become ready within 30 s")
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A temporary folder for the bootstrap file, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Result<TempDir> {
+        let p = std::env::temp_dir().join(format!("portcullis-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&p)?;
+        Ok(TempDir(p))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
