@@ -46,10 +46,12 @@ test: lint build test-modules
 	$(CARGO) test --locked --workspace --exclude portcullis-bench
 
 ## bench: per-request cost natively, inside wasmtime and inside the host's ABI; whole requests over
-## loopback (prints figures, never fails on time; docs/benchmarks.md).
+## loopback; the rate-limit service's throughput next to redis-benchmark (prints figures, never
+## fails on time; docs/benchmarks.md, ratelimit/README.md).
 bench: build
 	$(CARGO) build --release --locked --target $(WASM_TARGET) -p portcullis-bench-guest
 	$(CARGO) run --release --locked -p portcullis-bench
+	$(CARGO) bench --locked -p portcullis-ratelimit --bench throughput
 
 fmt:
 	$(CARGO) fmt --all
