@@ -87,6 +87,13 @@ fn body_pause_redelivers_the_cumulative_body_then_413_over_the_limit() {
         "HELLO WORLD!",
         "replaced then appended by the module"
     );
+    // The host's stderr is read by another thread: under load the module's last lines can
+    // arrive after the response, so wait (bounded) for the final callback's line.
+    o.host.wait_lines(
+        |l| l.contains("result: request_body size=11 eos=true"),
+        1,
+        Duration::from_secs(10),
+    );
     let res = results(&o.host);
     assert!(
         res.iter()
@@ -206,6 +213,11 @@ fn http_callout_to_a_cluster_success_timeout_and_connect_failure() {
             .starts_with("upstream connect error or disconnect/reset before headers"),
         "{h}"
     );
+    host.wait_lines(
+        |l| l.contains("result: http_call token=4"),
+        1,
+        Duration::from_secs(10),
+    );
     let res = results(&host);
     assert!(
         res.iter().any(|l| l.starts_with("http_call token=4")),
@@ -300,6 +312,11 @@ fn grpc_callout_success_and_failure() {
     let r = request(o.addr, "GET", "/g", &[("x-grpc-method", b"Deny")], b"");
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["headers"]["x-grpc-result"], "fail:7:7:denied");
+    o.host.wait_lines(
+        |l| l.contains("result: grpc_call token=5"),
+        1,
+        Duration::from_secs(10),
+    );
     let res = results(&o.host);
     assert!(
         res.iter().any(|l| l.starts_with("grpc_call token=5")),
