@@ -13,12 +13,10 @@ use portcullis_host::proxy::{self, Options};
 use serde_json::{Value, json};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::Mutex;
 
 /// Concurrent connections of the load generator.
-const CONNECTIONS: usize = 8;
+pub const CONNECTIONS: usize = 8;
 /// Warm-up, then the measured run, per scenario.
 const WARMUP: Duration = Duration::from_millis(500);
 const MEASURE: Duration = Duration::from_secs(3);
@@ -86,7 +84,7 @@ pub fn run(targets: &[Target]) -> Result<()> {
         "path", "req/s", "p50 µs", "p99 µs", "p99.9 µs"
     );
     for t in targets {
-        let (count, mut latencies) = rt.block_on(load(t))?;
+        let mut latencies = rt.block_on(load(t))?;
         latencies.sort_unstable();
         let pct = |p: f64| {
             let i = ((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1));
@@ -95,7 +93,7 @@ pub fn run(targets: &[Target]) -> Result<()> {
         println!(
             "{:<38} {:>10.0} {:>9} {:>9} {:>9}",
             t.name,
-            count as f64 / MEASURE.as_secs_f64(),
+            latencies.len() as f64 / MEASURE.as_secs_f64(),
             pct(0.50),
             pct(0.99),
             pct(0.999)
@@ -105,9 +103,8 @@ pub fn run(targets: &[Target]) -> Result<()> {
 }
 
 /// `CONNECTIONS` connections sending requests back to back: a warm-up, then `MEASURE` during
-/// which every answer's latency is kept. Every answer must be 200.
-async fn load(t: &Target) -> Result<(usize, Vec<u32>)> {
-    let latencies = Arc::new(Mutex::new(Vec::<u32>::with_capacity(200_000)));
+/// which every answer's latency (µs) is kept. Every answer must be 200.
+async fn load(t: &Target) -> Result<Vec<u32>> {
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..CONNECTIONS {
@@ -118,9 +115,8 @@ async fn load(t: &Target) -> Result<(usize, Vec<u32>)> {
         tokio::spawn(conn);
         let headers = t.headers.clone();
         let addr = t.addr;
-        let latencies = Arc::clone(&latencies);
         tasks.push(tokio::spawn(async move {
-            let mut mine = Vec::with_capacity(50_000);
+            let mut latencies = Vec::with_capacity(50_000);
             loop {
                 let sent = Instant::now();
                 if sent.duration_since(start) > WARMUP + MEASURE {
@@ -140,18 +136,17 @@ async fn load(t: &Target) -> Result<(usize, Vec<u32>)> {
                     bail!("answer {status}, not 200");
                 }
                 if sent.duration_since(start) >= WARMUP {
-                    mine.push(u32::try_from(sent.elapsed().as_micros()).unwrap_or(u32::MAX));
+                    latencies.push(u32::try_from(sent.elapsed().as_micros()).unwrap_or(u32::MAX));
                 }
             }
-            latencies.lock().await.extend(mine);
-            Ok::<(), anyhow::Error>(())
+            Ok::<Vec<u32>, anyhow::Error>(latencies)
         }));
     }
+    let mut all = Vec::new();
     for task in tasks {
-        task.await.context("a load connection panicked")??;
+        all.extend(task.await.context("a load connection panicked")??);
     }
-    let latencies = std::mem::take(&mut *latencies.lock().await);
-    Ok((latencies.len(), latencies))
+    Ok(all)
 }
 
 fn bootstrap(

@@ -78,7 +78,7 @@ fn main() -> Result<()> {
     println!();
     println!(
         "Whole requests over loopback through portcullis-host (2 workers, {} keep-alive connections)",
-        8
+        loopback::CONNECTIONS
     );
     loopback_figures(&root, &auth)?;
     Ok(())
@@ -434,8 +434,8 @@ fn ip_lookup(engine: &Engine, module: &Module) -> Result<()> {
     if usize::try_from(hits)? != linear_hits {
         bail!("the IP set finds {hits} of {IP_PROBES} probes, a linear scan {linear_hits}");
     }
-    let native = time_workload(&scenario, None)? * 1e3;
-    let wasm = time_wasm_workload(engine, module, &scenario, None)? * 1e3;
+    let native = time_workload(&scenario, false)? * 1e3;
+    let wasm = time_wasm_workload(engine, module, &scenario, false)? * 1e3;
     let mut i = 0usize;
     let linear = median_us(|n| {
         for _ in 0..n {
@@ -529,22 +529,22 @@ pub(crate) fn median_us(mut batch: impl FnMut(u32) -> Result<()>) -> Result<f64>
 
 /// Runs a decision scenario natively: µs per request; every request must be allowed.
 fn time_native(s: &Scenario) -> Result<f64> {
-    time_workload(s, Some(s.name.as_str()))
+    time_workload(s, true)
 }
 
 /// µs per run of the workload natively; with `must_allow`, every run must count.
-fn time_workload(s: &Scenario, must_allow: Option<&str>) -> Result<f64> {
+fn time_workload(s: &Scenario, must_allow: bool) -> Result<f64> {
     let mut work = Workload::setup(&s.setup)
         .map_err(|code| anyhow::anyhow!("{}: setup failed with code {code}", s.name))?;
-    if let (Some(name), Some(reason)) = (must_allow, work.refusal()) {
-        bail!("{name}: the request is refused natively ({reason})");
+    if let (true, Some(reason)) = (must_allow, work.refusal()) {
+        bail!("{}: the request is refused natively ({reason})", s.name);
     }
     median_us(|n| {
         let counted = work.run(n);
-        match must_allow {
-            Some(name) if counted != n => bail!("{name}: {counted} of {n} allowed natively"),
-            _ => Ok(()),
+        if must_allow && counted != n {
+            bail!("{}: {counted} of {n} allowed natively", s.name);
         }
+        Ok(())
     })
 }
 
@@ -556,23 +556,24 @@ struct Guest {
 
 /// Runs a decision scenario inside wasmtime: µs per request; every request must be allowed.
 fn time_wasm(engine: &Engine, module: &Module, s: &Scenario) -> Result<f64> {
-    time_wasm_workload(engine, module, s, Some(s.name.as_str()))
+    time_wasm_workload(engine, module, s, true)
 }
 
+/// µs per run of the workload inside wasmtime; with `must_allow`, every run must count.
 fn time_wasm_workload(
     engine: &Engine,
     module: &Module,
     s: &Scenario,
-    must_allow: Option<&str>,
+    must_allow: bool,
 ) -> Result<f64> {
     let mut guest = instantiate(engine, module)?;
     guest.setup(&s.setup.to_string())?;
     median_us(|n| {
         let counted = guest.run.call(&mut guest.store, n)?;
-        match must_allow {
-            Some(name) if counted != n => bail!("{name}: {counted} of {n} allowed inside wasm"),
-            _ => Ok(()),
+        if must_allow && counted != n {
+            bail!("{}: {counted} of {n} allowed inside wasm", s.name);
         }
+        Ok(())
     })
 }
 
