@@ -125,6 +125,7 @@ fn rate_limits_over_grpc() {
     limits_from_the_service();
     an_unreachable_service_follows_the_failure_mode();
     two_hosts_and_two_replicas_on_redis_allow_exactly_the_limit();
+    redis_down_then_back_follows_the_failure_mode_then_recovers();
 }
 
 fn limits_from_the_service() {
@@ -193,7 +194,11 @@ struct Redis {
 
 impl Redis {
     fn start() -> Redis {
-        let port = free_port();
+        Redis::start_on(free_port())
+    }
+
+    /// On a given port: a restarted Redis comes back where the service expects it.
+    fn start_on(port: u16) -> Redis {
         let child = std::process::Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
@@ -288,4 +293,82 @@ fn two_hosts_and_two_replicas_on_redis_allow_exactly_the_limit() {
     let allowed = statuses.iter().filter(|s| **s == 200).count();
     let limited = statuses.iter().filter(|s| **s == 429).count();
     assert_eq!((allowed, limited), (20, 44), "{statuses:?}");
+}
+
+/// Redis killed while requests flow: the service answers UNAVAILABLE (its failure mode), so a
+/// host with `failure_mode_deny` refuses with 503 and one without lets requests through, each
+/// with an audit reason; once Redis is back on its port, limits are enforced again within
+/// seconds, without restarting anything.
+fn redis_down_then_back_follows_the_failure_mode_then_recovers() {
+    let redis = Redis::start();
+    let port = redis.port;
+    let rls = rate_limit_service_on(StoreSettings::Redis(
+        portcullis_ratelimit::store::redis::RedisOptions {
+            urls: vec![format!("redis://127.0.0.1:{port}")],
+            cluster: false,
+            timeout: Duration::from_millis(300),
+        },
+    ));
+    let config = |deny: bool| {
+        json!({
+            "rate_limit_service": {"cluster": "ratelimit", "domain": "edge", "timeout_ms": 2000,
+                                   "failure_mode_deny": deny},
+            "routes": [{"name": "orders", "match": {"prefix": "/orders"}, "public": true,
+                        "rate_limits": [{"actions": [{"generic_key": {"descriptor_value": "accuracy"}}]}]}]
+        })
+    };
+    let (deny_host, deny, _echo_a) = host(&config(true), rls.grpc);
+    let (allow_host, allow, _echo_b) = host(&config(false), rls.grpc);
+    let counted = |addr| {
+        let r = request(addr, "GET", "/orders/1", &[], b"");
+        (r.status, r.header("ratelimit"))
+    };
+
+    let (status, state) = counted(deny);
+    assert_eq!(status, 200);
+    assert!(state.is_some_and(|s| s.starts_with("\"shared\";r=19;")));
+
+    drop(redis);
+    let r = request(deny, "GET", "/orders/1", &[], b"");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json()["error"], "rate_limit_unavailable");
+    assert!(r.header("retry-after").is_some());
+    let r = request(allow, "GET", "/orders/1", &[], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.header("ratelimit").is_none(),
+        "no decision, no quota to report"
+    );
+    for host in [&deny_host, &allow_host] {
+        let lines = host.wait_lines(
+            |l| l.contains("\"rate_limit\":\"error\""),
+            1,
+            Duration::from_secs(10),
+        );
+        assert_eq!(lines.len(), 1, "{lines:#?}");
+    }
+
+    // Back on the same port, empty (no persistence): the count starts again.
+    let _redis = Redis::start_on(port);
+    let back = std::time::Instant::now();
+    let deadline = back + Duration::from_secs(15);
+    let recovered = loop {
+        let (status, state) = counted(deny);
+        if status == 200 {
+            break state;
+        }
+        assert_eq!(status, 503, "only the failure mode while reconnecting");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the service did not recover within 15 s of Redis coming back"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    eprintln!(
+        "limits enforced again {:?} after Redis answered",
+        back.elapsed()
+    );
+    assert!(recovered.is_some_and(|s| s.starts_with("\"shared\";r=19;")));
+    let allowed = (0..25).filter(|_| counted(allow).0 == 200).count();
+    assert_eq!(allowed, 19, "the limit holds again after the restart");
 }
