@@ -50,6 +50,9 @@ test: lint build test-modules
 ## fails on time; docs/benchmarks.md, ratelimit/README.md).
 bench: build
 	$(CARGO) build --release --locked --target $(WASM_TARGET) -p portcullis-bench-guest
+	@# The loopback figures call the rate-limit service as a process (target/release, like
+	@# the bench below: the bench profile, without whole-program LTO).
+	$(CARGO) build --profile bench --locked -p portcullis-ratelimit --bin portcullis-ratelimit
 	$(CARGO) run --release --locked -p portcullis-bench
 	$(CARGO) bench --locked -p portcullis-ratelimit --bench throughput
 

@@ -15,8 +15,6 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// Concurrent connections of the load generator.
-pub const CONNECTIONS: usize = 8;
 /// Warm-up, then the measured run, per scenario.
 const WARMUP: Duration = Duration::from_millis(500);
 const MEASURE: Duration = Duration::from_secs(3);
@@ -29,6 +27,8 @@ pub struct Target {
     pub addr: SocketAddr,
     /// Request headers besides the host (path `/api/orders/1234?expand=items`, GET).
     pub headers: Vec<(String, String)>,
+    /// Keep-alive connections sending requests back to back.
+    pub connections: usize,
 }
 
 /// The running pieces: kept alive while the targets are measured.
@@ -37,20 +37,35 @@ pub struct Stack {
     _dir: TempDir,
     /// The echo service, direct.
     pub echo: SocketAddr,
-    /// The host without any wasm filter (connection manager and router only).
-    pub plain: SocketAddr,
-    /// The host with the filter.
-    pub filtered: SocketAddr,
+    /// The host's listeners, in the order given to [`start`].
+    pub listeners: Vec<SocketAddr>,
 }
 
-/// Starts the echo service and the host with two listeners, one with the filter configured by
-/// `filter_config`, and waits until both answer.
-pub fn start(root: &Path, filter_config: &Value) -> Result<Stack> {
+/// A listener of the host: with the filter configured by `filter`, or with the router alone.
+pub struct Listener {
+    /// Stat prefix.
+    pub name: &'static str,
+    /// The filter's configuration; `None`: no wasm filter.
+    pub filter: Option<Value>,
+}
+
+/// Starts the echo service and the host with `listeners` (all routing to the echo service) and
+/// the HTTP/2 `grpc_clusters` (name, address) the filter may call, and waits until the host
+/// answers.
+pub fn start(
+    root: &Path,
+    listeners: &[Listener],
+    grpc_clusters: &[(&str, SocketAddr)],
+) -> Result<Stack> {
     let echo = EchoServer::start(TcpListener::bind("127.0.0.1:0")?, "svc", None)?;
-    let (plain, filtered, admin) = (free_port()?, free_port()?, free_port()?);
+    let admin = free_port()?;
+    let ports = listeners
+        .iter()
+        .map(|_| free_port())
+        .collect::<Result<Vec<u16>>>()?;
     let wasm = root.join("target/wasm32-wasip1/release/portcullis.wasm");
-    let dir = TempDir::new()?;
-    let yaml = bootstrap(echo.addr(), plain, filtered, admin, &wasm, filter_config);
+    let dir = TempDir::new("host")?;
+    let yaml = bootstrap(echo.addr(), listeners, &ports, grpc_clusters, admin, &wasm);
     let path = dir.0.join("envoy.yaml");
     std::fs::write(&path, yaml)?;
     let opts = Options {
@@ -67,8 +82,10 @@ pub fn start(root: &Path, filter_config: &Value) -> Result<Stack> {
         echo: echo.addr(),
         _echo: echo,
         _dir: dir,
-        plain: ([127, 0, 0, 1], plain).into(),
-        filtered: ([127, 0, 0, 1], filtered).into(),
+        listeners: ports
+            .iter()
+            .map(|p| SocketAddr::from(([127, 0, 0, 1], *p)))
+            .collect(),
     };
     wait_ready(([127, 0, 0, 1], admin).into())?;
     Ok(stack)
@@ -80,8 +97,8 @@ pub fn run(targets: &[Target]) -> Result<()> {
         .enable_all()
         .build()?;
     println!(
-        "{:<38} {:>10} {:>9} {:>9} {:>9}",
-        "path", "req/s", "p50 µs", "p99 µs", "p99.9 µs"
+        "{:<44} {:>6} {:>8} {:>8} {:>8} {:>9}",
+        "path", "conns", "req/s", "p50 µs", "p99 µs", "p99.9 µs"
     );
     for t in targets {
         let mut latencies = rt.block_on(load(t))?;
@@ -91,8 +108,9 @@ pub fn run(targets: &[Target]) -> Result<()> {
             latencies.get(i).copied().unwrap_or(0)
         };
         println!(
-            "{:<38} {:>10.0} {:>9} {:>9} {:>9}",
+            "{:<44} {:>6} {:>8.0} {:>8} {:>8} {:>9}",
             t.name,
+            t.connections,
             latencies.len() as f64 / MEASURE.as_secs_f64(),
             pct(0.50),
             pct(0.99),
@@ -102,12 +120,12 @@ pub fn run(targets: &[Target]) -> Result<()> {
     Ok(())
 }
 
-/// `CONNECTIONS` connections sending requests back to back: a warm-up, then `MEASURE` during
+/// `t.connections` connections sending requests back to back: a warm-up, then `MEASURE` during
 /// which every answer's latency (µs) is kept. Every answer must be 200.
 async fn load(t: &Target) -> Result<Vec<u32>> {
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..CONNECTIONS {
+    for _ in 0..t.connections {
         let stream = tokio::net::TcpStream::connect(t.addr).await?;
         stream.set_nodelay(true)?;
         let (mut sender, conn) =
@@ -151,44 +169,50 @@ async fn load(t: &Target) -> Result<Vec<u32>> {
 
 fn bootstrap(
     echo: SocketAddr,
-    plain: u16,
-    filtered: u16,
+    listeners: &[Listener],
+    ports: &[u16],
+    grpc_clusters: &[(&str, SocketAddr)],
     admin: u16,
     wasm: &Path,
-    filter_config: &Value,
 ) -> String {
     let router = json!({
         "name": "envoy.filters.http.router",
         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
     });
-    let wasm_filter = json!({
-        "name": "envoy.filters.http.wasm",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-            "config": {
-                "name": "portcullis",
-                "root_id": "portcullis",
-                "vm_config": {
-                    "vm_id": "portcullis",
-                    "runtime": "envoy.wasm.runtime.v8",
-                    "code": {"local": {"filename": wasm.display().to_string()}}
-                },
-                "configuration": {
-                    "@type": "type.googleapis.com/google.protobuf.StringValue",
-                    "value": filter_config.to_string()
+    let wasm_filter = |config: &Value| {
+        json!({
+            "name": "envoy.filters.http.wasm",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                "config": {
+                    "name": "portcullis",
+                    "root_id": "portcullis",
+                    "vm_config": {
+                        "vm_id": "portcullis",
+                        "runtime": "envoy.wasm.runtime.v8",
+                        "code": {"local": {"filename": wasm.display().to_string()}}
+                    },
+                    "configuration": {
+                        "@type": "type.googleapis.com/google.protobuf.StringValue",
+                        "value": config.to_string()
+                    }
                 }
             }
-        }
-    });
-    let listener = |name: &str, port: u16, filters: Vec<Value>| {
+        })
+    };
+    let listener = |l: &Listener, port: u16| {
+        let filters = match &l.filter {
+            Some(config) => vec![wasm_filter(config), router.clone()],
+            None => vec![router.clone()],
+        };
         json!({
-            "name": name,
+            "name": l.name,
             "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
             "filter_chains": [{"filters": [{
                 "name": "envoy.filters.network.http_connection_manager",
                 "typed_config": {
                     "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                    "stat_prefix": name,
+                    "stat_prefix": l.name,
                     "route_config": {"name": "local", "virtual_hosts": [{
                         "name": "all", "domains": ["*"],
                         "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "svc"}}]
@@ -198,20 +222,31 @@ fn bootstrap(
             }]}]
         })
     };
+    let cluster = |name: &str, addr: SocketAddr| {
+        json!({
+            "name": name, "type": "STATIC", "connect_timeout": "1s",
+            "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+                {"endpoint": {"address": {"socket_address": {
+                    "address": addr.ip().to_string(), "port_value": addr.port()}}}}
+            ]}]}
+        })
+    };
+    let mut clusters = vec![cluster("svc", echo)];
+    for (name, addr) in grpc_clusters {
+        let mut c = cluster(name, *addr);
+        c["typed_extension_protocol_options"] = json!({
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}}
+            }
+        });
+        clusters.push(c);
+    }
     let doc = json!({
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
         "static_resources": {
-            "listeners": [
-                listener("plain", plain, vec![router.clone()]),
-                listener("filtered", filtered, vec![wasm_filter, router]),
-            ],
-            "clusters": [{
-                "name": "svc", "type": "STATIC", "connect_timeout": "1s",
-                "load_assignment": {"cluster_name": "svc", "endpoints": [{"lb_endpoints": [
-                    {"endpoint": {"address": {"socket_address": {
-                        "address": echo.ip().to_string(), "port_value": echo.port()}}}}
-                ]}]}
-            }]
+            "listeners": listeners.iter().zip(ports).map(|(l, p)| listener(l, *p)).collect::<Vec<_>>(),
+            "clusters": clusters
         }
     });
     // JSON is YAML.
@@ -221,11 +256,19 @@ fn bootstrap(
 /// Polls the admin `/ready` until it answers 200 (at most 30 s: compiling the module takes a
 /// few seconds).
 fn wait_ready(admin: SocketAddr) -> Result<()> {
+    wait_for_200(admin, "/ready", "portcullis-host")
+}
+
+/// Polls `GET path` on `addr` until it answers 200, at most 30 s.
+pub fn wait_for_200(addr: SocketAddr, path: &str, what: &str) -> Result<()> {
     use std::io::{Read, Write};
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
-        if let Ok(mut s) = std::net::TcpStream::connect(admin) {
-            let _ = s.write_all(b"GET /ready HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n");
+        if let Ok(mut s) = std::net::TcpStream::connect(addr) {
+            let _ = write!(
+                s,
+                "GET {path} HTTP/1.1\r\nhost: bench\r\nconnection: close\r\n\r\n"
+            );
             let mut answer = String::new();
             let _ = s.read_to_string(&mut answer);
             if answer.starts_with("HTTP/1.1 200") {
@@ -234,19 +277,22 @@ fn wait_ready(admin: SocketAddr) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    bail!("portcullis-host did not become ready within 30 s")
+    bail!("{what} did not answer 200 on {path} within 30 s")
 }
 
-fn free_port() -> Result<u16> {
+/// A port that was free a moment ago.
+pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// A temporary folder for the bootstrap file, removed on drop.
-struct TempDir(PathBuf);
+/// A temporary folder, removed on drop.
+pub struct TempDir(pub PathBuf);
 
 impl TempDir {
-    fn new() -> Result<TempDir> {
-        let p = std::env::temp_dir().join(format!("portcullis-bench-{}", std::process::id()));
+    /// `portcullis-bench-<label>-<pid>` in the system's temporary folder.
+    pub fn new(label: &str) -> Result<TempDir> {
+        let p =
+            std::env::temp_dir().join(format!("portcullis-bench-{label}-{}", std::process::id()));
         std::fs::create_dir_all(&p)?;
         Ok(TempDir(p))
     }

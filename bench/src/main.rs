@@ -8,6 +8,7 @@
 
 mod host_abi;
 mod loopback;
+mod processes;
 
 use anyhow::{Context, Result, bail};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -76,16 +77,25 @@ fn main() -> Result<()> {
     ip_lookup(&engine, &module)?;
 
     println!();
-    println!(
-        "Whole requests over loopback through portcullis-host (2 workers, {} keep-alive connections)",
-        loopback::CONNECTIONS
-    );
+    println!("Whole requests over loopback through portcullis-host (2 workers, keep-alive)");
     loopback_figures(&root, &auth)?;
     Ok(())
 }
 
-/// The echo service direct, through the host without a filter, and through the host with the
-/// filter for an API key and for a cached RS256 token.
+/// Limits of the rate-limit service in the loopback figures: one counter per client address,
+/// too high to refuse anything during the run.
+const LOOPBACK_LIMITS: &str = "domain: bench
+descriptors:
+  - key: generic_key
+    value: orders
+    descriptors:
+      - key: remote_address
+        rate_limit: {unit: second, requests_per_unit: 1000000000}
+";
+
+/// The echo service direct, through the host without a filter, through the host with the
+/// filter for an API key and for a cached RS256 token, and with the API key plus the filter's
+/// call to the rate-limit service (memory store, then Redis): what the callout adds.
 fn loopback_figures(root: &Path, auth: &[Scenario]) -> Result<()> {
     let rs256 = auth
         .iter()
@@ -111,7 +121,47 @@ fn loopback_figures(root: &Path, auth: &[Scenario]) -> Result<()> {
         "routes": [{"name": "orders", "match": {"prefix": "/api/orders"},
                     "requires": ["idp", "keys"], "scopes": ["orders:read"]}]
     });
-    let stack = loopback::start(root, &filter_config)?;
+    let redis = processes::Redis::start()?;
+    let rls_memory = processes::RateLimitService::start(root, "rls-memory", LOOPBACK_LIMITS, None)?;
+    let rls_redis =
+        processes::RateLimitService::start(root, "rls-redis", LOOPBACK_LIMITS, Some(&redis))?;
+    let limited = |cluster: &str| {
+        let mut config = filter_config.clone();
+        config["rate_limit_service"] =
+            json!({"cluster": cluster, "domain": "bench", "timeout_ms": 1000});
+        config["routes"][0]["rate_limits"] = json!([{"actions": [
+            {"generic_key": {"descriptor_value": "orders"}}, {"remote_address": {}}
+        ]}]);
+        Some(config)
+    };
+    let stack = loopback::start(
+        root,
+        &[
+            loopback::Listener {
+                name: "plain",
+                filter: None,
+            },
+            loopback::Listener {
+                name: "filtered",
+                filter: Some(filter_config.clone()),
+            },
+            loopback::Listener {
+                name: "rls_memory",
+                filter: limited("rls_memory"),
+            },
+            loopback::Listener {
+                name: "rls_redis",
+                filter: limited("rls_redis"),
+            },
+        ],
+        &[
+            ("rls_memory", rls_memory.grpc),
+            ("rls_redis", rls_redis.grpc),
+        ],
+    )?;
+    let [plain, filtered, memory, redis_limited] = stack.listeners[..] else {
+        bail!("the host has {} listeners, not 4", stack.listeners.len());
+    };
     let common = vec![
         ("user-agent".to_owned(), "portcullis-bench".to_owned()),
         ("accept".to_owned(), "application/json".to_owned()),
@@ -121,27 +171,55 @@ fn loopback_figures(root: &Path, auth: &[Scenario]) -> Result<()> {
         h.push((name.to_owned(), value.to_owned()));
         h
     };
+    // Eight connections load the machine; one shows the latency a request sees on its own.
+    let target = |name: &str, addr, headers| loopback::Target {
+        name: name.to_owned(),
+        addr,
+        headers,
+        connections: 8,
+    };
+    let alone = |t: loopback::Target| loopback::Target {
+        connections: 1,
+        ..t
+    };
     loopback::run(&[
-        loopback::Target {
-            name: "echo service direct".to_owned(),
-            addr: stack.echo,
-            headers: common.clone(),
-        },
-        loopback::Target {
-            name: "host, no filter".to_owned(),
-            addr: stack.plain,
-            headers: common.clone(),
-        },
-        loopback::Target {
-            name: "host + filter, API key".to_owned(),
-            addr: stack.filtered,
-            headers: with("x-api-key", API_KEY),
-        },
-        loopback::Target {
-            name: "host + filter, RS256 token (cached)".to_owned(),
-            addr: stack.filtered,
-            headers: with("authorization", &authorization),
-        },
+        target("echo service direct", stack.echo, common.clone()),
+        target("host, no filter", plain, common.clone()),
+        target(
+            "host + filter, API key",
+            filtered,
+            with("x-api-key", API_KEY),
+        ),
+        target(
+            "host + filter, RS256 token (cached)",
+            filtered,
+            with("authorization", &authorization),
+        ),
+        target(
+            "API key + rate-limit call (memory)",
+            memory,
+            with("x-api-key", API_KEY),
+        ),
+        target(
+            "API key + rate-limit call (Redis)",
+            redis_limited,
+            with("x-api-key", API_KEY),
+        ),
+        alone(target(
+            "host + filter, API key",
+            filtered,
+            with("x-api-key", API_KEY),
+        )),
+        alone(target(
+            "API key + rate-limit call (memory)",
+            memory,
+            with("x-api-key", API_KEY),
+        )),
+        alone(target(
+            "API key + rate-limit call (Redis)",
+            redis_limited,
+            with("x-api-key", API_KEY),
+        )),
     ])
 }
 

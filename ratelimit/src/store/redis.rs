@@ -14,7 +14,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClientBuilder, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::Slot;
-use redis::{RedisError, Script};
+use redis::io::tcp::TcpSettings;
+use redis::{IntoConnectionInfo, RedisError, Script};
 use std::time::Duration;
 
 /// The decision script.
@@ -71,8 +72,13 @@ impl RedisStore {
     /// inside a Tokio runtime.
     pub fn new(options: &RedisOptions) -> Result<Self, StoreError> {
         let bad_url = |e: RedisError| StoreError::Redis(format!("invalid redis URL: {e}"));
+        // Small requests multiplexed on one connection: with Nagle's algorithm a request
+        // written while the previous one is unacknowledged waits for the server's delayed ACK
+        // (~40 ms on Linux), which showed as a 40 ms p99 in `make bench`.
+        let tcp = TcpSettings::default().set_nodelay(true);
         let connection = if options.cluster {
             let client = ClusterClientBuilder::new(options.urls.clone())
+                .tcp_settings(tcp)
                 .retries(2)
                 .min_retry_wait(10)
                 .max_retry_wait(200)
@@ -94,7 +100,12 @@ impl RedisStore {
                         .into(),
                 ));
             };
-            let client = redis::Client::open(url.as_str()).map_err(bad_url)?;
+            let info = url
+                .as_str()
+                .into_connection_info()
+                .map_err(bad_url)?
+                .set_tcp_settings(tcp);
+            let client = redis::Client::open(info).map_err(bad_url)?;
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(options.timeout))
                 .set_response_timeout(Some(options.timeout))
