@@ -65,6 +65,21 @@ impl TokenCache {
         self.bytes += cost;
     }
 
+    /// Drops every token a provider verified: after its keys changed, a token signed with a
+    /// key that was removed must not stay accepted.
+    pub fn forget_provider(&mut self, provider: usize) {
+        self.order.retain(|k| k.0 != provider);
+        let mut freed = 0;
+        self.entries.retain(|k, (_, cost)| {
+            let keep = k.0 != provider;
+            if !keep {
+                freed += *cost;
+            }
+            keep
+        });
+        self.bytes -= freed;
+    }
+
     /// Approximate bytes held.
     pub fn bytes(&self) -> usize {
         self.bytes
@@ -136,6 +151,18 @@ mod tests {
         assert!(c.bytes() <= 3 * 256);
         assert!(c.get(&(0, [9; 32])).is_some());
         assert!(c.get(&(0, [6; 32])).is_none());
+    }
+
+    #[test]
+    fn forgetting_a_provider_keeps_the_others() {
+        let mut c = TokenCache::new(10, 1 << 20);
+        c.insert((0, [1; 32]), token("a"));
+        c.insert((1, [2; 32]), token("b"));
+        c.forget_provider(0);
+        assert_eq!((c.len(), c.bytes()), (1, 256));
+        assert!(c.get(&(1, [2; 32])).is_some());
+        c.insert((0, [1; 32]), token("a"));
+        assert_eq!(c.len(), 2);
     }
 
     #[test]

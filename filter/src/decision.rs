@@ -12,6 +12,7 @@ use crate::config::{
 };
 use crate::guard;
 pub use crate::guard::{BodyKind, BodyPlan, Stop};
+use crate::jwks::RemoteKeys;
 use crate::jwt::JwtError;
 use crate::jwt::authenticate::authenticate;
 use crate::jwt::claims::VerifiedToken;
@@ -43,6 +44,10 @@ pub struct Decision {
     pub body: Option<BodyPlan>,
     /// The path routes and rules saw, when normalising changed it.
     pub normalized_path: Option<String>,
+    /// The provider whose fetched keys are missing, or lack the token's `kid`: the request
+    /// should wait for them and be decided again (with [`Env::waited`]). The verdict is then the
+    /// refusal that applies if it does not wait.
+    pub wait_for_keys: Option<usize>,
 }
 
 /// Pass, or refuse with a reply.
@@ -163,6 +168,11 @@ pub struct Env<'w> {
     pub peer: Option<IpAddr>,
     /// Whether the headers end the request (no body follows).
     pub end_of_stream: bool,
+    /// Keys fetched for `remote_jwks` providers.
+    pub remote_keys: &'w RemoteKeys,
+    /// This request already waited for keys: decide without waiting again, and do not count
+    /// it in the burst guard twice.
+    pub waited: bool,
 }
 
 /// Decides one request at header time, cheapest checks first: limits and path, route, method,
@@ -179,6 +189,7 @@ pub fn decide(config: &Config, env: &mut Env<'_>, req: &Request<'_>) -> Decision
         client_ip: None,
         body: None,
         normalized_path: None,
+        wait_for_keys: None,
     };
     if let Some(stop) = guard::request_limits(&config.limits, req) {
         return refused(stop, edits);
@@ -210,6 +221,7 @@ pub fn decide(config: &Config, env: &mut Env<'_>, req: &Request<'_>) -> Decision
         0 => guard::method_allowed(route, req),
         1 => guard::request_limits(&route.limits, req),
         2 => guard::ip_filters(config.ip_filter.as_ref(), route, client),
+        3 if env.waited => None,
         3 => guard::burst(env.store, route, index, client, env.now_ns),
         _ => guard::body_headers(route, req, env.end_of_stream),
     };
@@ -226,8 +238,11 @@ pub fn decide(config: &Config, env: &mut Env<'_>, req: &Request<'_>) -> Decision
     }
 
     let now = env.now_ns / 1_000_000_000;
-    let mut decision = authenticate_and_authorize(config, env.cache, index, route, req, now, edits);
+    let mut decision = authenticate_and_authorize(config, env, index, route, req, now, edits);
     decision.client_ip = client;
+    if decision.wait_for_keys.is_some() {
+        return decision;
+    }
     if decision.verdict == Verdict::Allow
         && let Some(stop) = guard::inspect_request(route, req, &normalized.path)
     {
@@ -264,7 +279,7 @@ pub fn decide(config: &Config, env: &mut Env<'_>, req: &Request<'_>) -> Decision
 /// The identity part of the decision, on a matched route.
 fn authenticate_and_authorize(
     config: &Config,
-    cache: &mut TokenCache,
+    env: &mut Env<'_>,
     index: usize,
     route: &Route,
     req: &Request<'_>,
@@ -281,6 +296,7 @@ fn authenticate_and_authorize(
         client_ip: None,
         body: None,
         normalized_path: None,
+        wait_for_keys: None,
     };
     if route.public {
         decision.edits = edits;
@@ -290,9 +306,27 @@ fn authenticate_and_authorize(
     // Refusals are only recorded on a route in shadow mode, or when every provider that decides
     // the route is in shadow mode (then the route has no enforcing provider at all).
     let shadow = route.shadow || route.shadow_providers_only;
-    let outcome = authenticate_route(config, cache, route, req, now);
+    let outcome = authenticate_route(config, env, route, req, now);
     let (identity, found) = match outcome {
         AuthOutcome::Verified { identity, found } => (identity, found),
+        AuthOutcome::WaitForKeys { provider } => {
+            let message = JwtError::KeysUnavailable.to_string();
+            decision.verdict = Verdict::Refuse(Refusal {
+                status: 401,
+                error: "invalid_token",
+                challenge: Some(challenge(config, route, Some(("invalid_token", &message)))),
+                message,
+                headers: Vec::new(),
+                details: None,
+                shadow,
+            });
+            decision.reason = "invalid_token";
+            decision.rule = provider_name(config, provider);
+            decision.wait_for_keys = Some(provider);
+            strip_credentials(config, route, req, &mut edits);
+            decision.edits = edits;
+            return decision;
+        }
         AuthOutcome::Missing if route.allow_missing => {
             decision.reason = "anonymous";
             decision.edits = edits;
@@ -460,12 +494,16 @@ enum AuthOutcome<'c> {
     Failed {
         failures: Vec<Failure>,
     },
+    /// A provider that fetches its keys has none yet, or not the token's `kid`.
+    WaitForKeys {
+        provider: usize,
+    },
 }
 
 /// Tries the route's deciding providers in order; the first that verifies a credential wins.
 fn authenticate_route<'c>(
     config: &'c Config,
-    cache: &mut TokenCache,
+    env: &mut Env<'_>,
     route: &Route,
     req: &Request<'_>,
     now: u64,
@@ -485,9 +523,23 @@ fn authenticate_route<'c>(
             (None, _) => Err(Some(JwtError::Malformed(
                 "credential is not valid percent-encoding",
             ))),
-            (Some(token), ProviderKind::Jwt(jwt)) => authenticate(index, jwt, &token, now, cache)
-                .map(Credential::Jwt)
-                .map_err(Some),
+            (Some(token), ProviderKind::Jwt(jwt)) if jwt.remote.is_some() => {
+                let verified = match env.remote_keys.keys(index) {
+                    Some(keys) => authenticate(index, jwt, &keys, &token, now, env.cache),
+                    None => Err(JwtError::KeysUnavailable),
+                };
+                match verified {
+                    Err(JwtError::KeysUnavailable | JwtError::UnknownKid) if !env.waited => {
+                        return AuthOutcome::WaitForKeys { provider: index };
+                    }
+                    other => other.map(Credential::Jwt).map_err(Some),
+                }
+            }
+            (Some(token), ProviderKind::Jwt(jwt)) => {
+                authenticate(index, jwt, &jwt.keys, &token, now, env.cache)
+                    .map(Credential::Jwt)
+                    .map_err(Some)
+            }
             (Some(key), ProviderKind::ApiKey(keys)) => {
                 apikey::find(keys, &key).map(Credential::ApiKey).ok_or(None)
             }

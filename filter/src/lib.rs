@@ -15,6 +15,7 @@ pub mod guard;
 pub mod inspect;
 pub mod ipset;
 pub mod json_limits;
+pub mod jwks;
 pub mod jwt;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod mint;

@@ -1,8 +1,15 @@
 //! The proxy-wasm binding: carries configuration and headers in, decisions out. No policy here.
 //!
-//! One root context per plugin parses the configuration in `on_configure`; it hands each stream
-//! (one HTTP context per request) the prepared [`Config`] and the worker's token cache. All
-//! request headers are read in `on_http_request_headers`, because Envoy serves them only then.
+//! One root context per plugin and worker parses the configuration in `on_configure`; it hands
+//! each stream (one HTTP context per request) the prepared [`Config`], the worker's token cache
+//! and the worker's fetched keys. All request headers are read in `on_http_request_headers`,
+//! because Envoy serves them only then.
+//!
+//! A request whose provider fetches its keys and has none yet (or not the token's `kid`) is
+//! paused and parked with the root. The root fetches keys on its tick (`jwks`); when they
+//! change, or the wait ends, it makes the stream the effective context and decides the request
+//! again. That is why a stream's state lives in a [`Core`] the root can reach, and why the
+//! core talks to the host through `hostcalls` rather than the SDK's context traits.
 
 use crate::audit::{self, AuditRecord};
 use crate::burst::{SharedStore, StoreError};
@@ -10,29 +17,176 @@ use crate::cache::TokenCache;
 use crate::config::Config;
 use crate::decision::{self, BodyPlan, Decision, Env, HeaderEdit, Refusal, Verdict};
 use crate::guard::{self, Stop};
+use crate::jwks::{Fetch, Refetch, RemoteKeys};
 use crate::ratelimit::{self, proto};
 use crate::reply;
 use crate::request::{Request, split_host_port};
+use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, Status};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, Status};
 use std::cell::RefCell;
 use std::net::IpAddr;
-use std::rc::Rc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::rc::{Rc, Weak};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
+    proxy_wasm::set_root_context(|id| -> Box<dyn RootContext> { Box::new(Root::new(id)) });
 }}
 
-/// Per plugin and worker VM: the prepared configuration and the verified-token cache.
-#[derive(Default)]
+/// How often the root looks at the shared key sets and starts fetches, when a provider fetches
+/// its keys. Also how late a waiting request may learn that its wait is over.
+const TICK: Duration = Duration::from_millis(200);
+/// Most requests one worker parks while they wait for keys; beyond, they are decided at once.
+const MAX_WAITERS: usize = 4096;
+
+/// Per plugin and worker VM: the prepared configuration, the verified-token cache and the
+/// fetched keys.
 struct Root {
+    id: u32,
     config: Option<Rc<Config>>,
     cache: Rc<RefCell<TokenCache>>,
+    worker: Rc<RefCell<Worker>>,
 }
 
-impl Context for Root {}
+/// What the root and its streams share in one worker.
+#[derive(Default)]
+struct Worker {
+    keys: RemoteKeys,
+    /// Requests paused until their provider's keys change or their wait ends.
+    waiters: Vec<Waiter>,
+    /// Rate-limit calls the root sent for a stream it resumed (the SDK delivers their answers
+    /// to the root): token and stream.
+    calls: Vec<(u32, Weak<RefCell<Core>>)>,
+}
+
+struct Waiter {
+    provider: usize,
+    deadline_ns: u64,
+    core: Weak<RefCell<Core>>,
+}
+
+impl Root {
+    fn new(id: u32) -> Self {
+        Root {
+            id,
+            config: None,
+            cache: Rc::default(),
+            worker: Rc::default(),
+        }
+    }
+
+    /// Sends key fetches; one that cannot be sent backs off like a failed one.
+    fn send_fetches(&self, fetches: Vec<Fetch>, now: u64) {
+        for fetch in fetches {
+            let sent = hostcalls::dispatch_http_call(
+                &fetch.cluster,
+                vec![
+                    (":method", "GET"),
+                    (":path", &fetch.path),
+                    (":authority", &fetch.authority),
+                    ("accept", "application/json"),
+                    ("user-agent", "portcullis"),
+                ],
+                None,
+                vec![],
+                Duration::from_millis(fetch.timeout_ms),
+            );
+            let mut worker = self.worker.borrow_mut();
+            match sent {
+                Ok(token) => worker.keys.started(&fetch, token),
+                Err(status) => {
+                    log_warn(&format!(
+                        "portcullis: provider {}: cannot fetch keys through cluster {:?}: {status:?}",
+                        worker.keys.name(fetch.provider),
+                        fetch.cluster
+                    ));
+                    worker.keys.not_sent(&fetch, &HostStore, now);
+                }
+            }
+        }
+    }
+
+    /// Keys of `changed` providers were installed: cached tokens of theirs go, and the requests
+    /// waiting for them (or whose wait is over) are decided again.
+    fn keys_changed(&self, changed: &[usize], now: u64) {
+        for &provider in changed {
+            self.cache.borrow_mut().forget_provider(provider);
+            log_info(&format!(
+                "portcullis: provider {}: key set installed",
+                self.worker.borrow().keys.name(provider)
+            ));
+        }
+        let ready: Vec<Weak<RefCell<Core>>> = {
+            let mut worker = self.worker.borrow_mut();
+            let (ready, waiting) = std::mem::take(&mut worker.waiters)
+                .into_iter()
+                .partition(|w| changed.contains(&w.provider) || w.deadline_ns <= now);
+            worker.waiters = waiting;
+            ready.into_iter().map(|w: Waiter| w.core).collect()
+        };
+        for core in ready {
+            self.on_behalf(&core, |core| core.decide_again());
+        }
+    }
+
+    /// Runs `f` on a stream's core with the stream as the effective context, then makes the
+    /// root effective again (so that its own callouts stay its own).
+    fn on_behalf(&self, core: &Weak<RefCell<Core>>, f: impl FnOnce(&mut Core)) {
+        let Some(core) = core.upgrade() else {
+            return;
+        };
+        let context_id = core.borrow().context_id;
+        if hostcalls::set_effective_context(context_id).is_ok() {
+            f(&mut core.borrow_mut());
+        }
+        let _ = hostcalls::set_effective_context(self.id);
+    }
+}
+
+impl Context for Root {
+    fn on_http_call_response(&mut self, token: u32, _headers: usize, body: usize, _: usize) {
+        if !self.worker.borrow().keys.owns(token) {
+            return;
+        }
+        let now = now_ns();
+        let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
+            .ok()
+            .flatten()
+            .and_then(|s| std::str::from_utf8(&s).ok()?.parse().ok());
+        let bytes = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let answer = self
+            .worker
+            .borrow_mut()
+            .keys
+            .on_response(token, status, &bytes, &HostStore, now);
+        if let Some(error) = &answer.error {
+            log_warn(&format!("portcullis: {error}"));
+        }
+        if let Some(next) = answer.next {
+            self.send_fetches(vec![next], now);
+        }
+        if let Some(provider) = answer.changed {
+            self.keys_changed(&[provider], now);
+        }
+    }
+
+    fn on_grpc_call_response(&mut self, token: u32, status_code: u32, response_size: usize) {
+        let core = {
+            let mut worker = self.worker.borrow_mut();
+            let Some(i) = worker.calls.iter().position(|(t, _)| *t == token) else {
+                return;
+            };
+            worker.calls.swap_remove(i).1
+        };
+        self.on_behalf(&core, |core| {
+            core.on_rate_limit_answer(token, status_code, response_size);
+        });
+    }
+}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
@@ -45,6 +199,15 @@ impl RootContext for Root {
         match Config::from_json(&bytes) {
             Ok(config) => {
                 self.cache = Rc::new(RefCell::new(config.token_cache()));
+                let keys = RemoteKeys::new(&config);
+                if !keys.is_empty() {
+                    // The first tick fetches (or installs what another worker fetched).
+                    let _ = hostcalls::set_tick_period(TICK);
+                }
+                self.worker = Rc::new(RefCell::new(Worker {
+                    keys,
+                    ..Worker::default()
+                }));
                 log_info(&format!(
                     "portcullis: configured {} route(s), {} provider(s)",
                     config.routes.len(),
@@ -65,21 +228,34 @@ impl RootContext for Root {
         }
     }
 
+    fn on_tick(&mut self) {
+        let now = now_ns();
+        let (changed, fetches) = self.worker.borrow_mut().keys.poll(&HostStore, now);
+        self.send_fetches(fetches, now);
+        self.keys_changed(&changed, now);
+    }
+
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         // Never `None`: the SDK panics on it. Without a configuration (Envoy does not start a
         // filter whose on_configure failed, but fail closed anyway) every request gets a 503.
-        Some(Box::new(Stream {
-            context_id,
-            config: self.config.clone(),
-            cache: Rc::clone(&self.cache),
-            seen: None,
-            status: None,
-            body: None,
-            body_bytes: 0,
-            rate_limit_call: None,
-            rate_limit: None,
-            response_headers: Vec::new(),
-        }))
+        let core = Rc::new_cyclic(|me| {
+            RefCell::new(Core {
+                me: me.clone(),
+                context_id,
+                config: self.config.clone(),
+                cache: Rc::clone(&self.cache),
+                worker: Rc::clone(&self.worker),
+                held: None,
+                seen: None,
+                status: None,
+                body: None,
+                body_bytes: 0,
+                rate_limit_call: None,
+                rate_limit: None,
+                response_headers: Vec::new(),
+            })
+        });
+        Some(Box::new(Stream { core }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -96,10 +272,29 @@ struct Seen {
     latency_us: u64,
 }
 
+/// The request's headers and connection facts, kept while it waits for keys.
+struct Held {
+    headers: Vec<(String, String)>,
+    peer: Option<IpAddr>,
+    end_of_stream: bool,
+    request_id: String,
+    /// Time spent deciding so far.
+    latency_us: u64,
+}
+
+/// One HTTP context of the SDK; its state is in a [`Core`] the root can reach too.
 struct Stream {
+    core: Rc<RefCell<Core>>,
+}
+
+struct Core {
+    me: Weak<RefCell<Core>>,
     context_id: u32,
     config: Option<Rc<Config>>,
     cache: Rc<RefCell<TokenCache>>,
+    worker: Rc<RefCell<Worker>>,
+    /// Set between the header phase and the final decision.
+    held: Option<Held>,
     seen: Option<Seen>,
     status: Option<u16>,
     /// What to do with the request body, when the headers passed and a body follows.
@@ -114,8 +309,187 @@ struct Stream {
     response_headers: Vec<(&'static str, String)>,
 }
 
+/// Whether the request goes on now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Pause,
+}
+
 impl Context for Stream {
     fn on_grpc_call_response(&mut self, token: u32, status_code: u32, response_size: usize) {
+        self.core
+            .borrow_mut()
+            .on_rate_limit_answer(token, status_code, response_size);
+    }
+}
+
+impl HttpContext for Stream {
+    fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
+        // The bytes variant: the SDK's String variant unwraps `from_utf8`, so one header value
+        // with obs-text (which Envoy's HTTP/1 codec accepts) would panic and kill the VM.
+        let headers: Vec<(String, String)> = self
+            .get_http_request_headers_bytes()
+            .into_iter()
+            .map(|(name, value)| (name, text(value)))
+            .collect();
+        let mut core = self.core.borrow_mut();
+        let peer = core.peer();
+        let request_id = match headers.iter().find(|(n, _)| n == "x-request-id") {
+            Some((_, id)) => id.clone(),
+            None => format!("{:x}-{:x}", now_ns(), core.context_id),
+        };
+        core.held = Some(Held {
+            headers,
+            peer,
+            end_of_stream,
+            request_id,
+            latency_us: 0,
+        });
+        match core.decide(false, false) {
+            Flow::Continue => Action::Continue,
+            Flow::Pause => Action::Pause,
+        }
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        self.core
+            .borrow_mut()
+            .on_request_body(body_size, end_of_stream)
+    }
+
+    fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        let mut core = self.core.borrow_mut();
+        for (name, value) in std::mem::take(&mut core.response_headers) {
+            self.add_http_response_header(name, &value);
+        }
+        if core.status.is_none() {
+            core.status = self
+                .get_http_response_header_bytes(":status")
+                .and_then(|s| std::str::from_utf8(&s).ok()?.parse().ok());
+        }
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        self.core.borrow().log();
+    }
+}
+
+impl Core {
+    /// The header-phase decision (again, with `waited`, after waiting for keys; `from_root`
+    /// when the root runs it on the stream's behalf).
+    fn decide(&mut self, waited: bool, from_root: bool) -> Flow {
+        let Some(config) = self.config.clone() else {
+            let _ = hostcalls::send_http_response(
+                503,
+                vec![("content-type", "application/json")],
+                Some(br#"{"error":"not_configured","message":"the gateway filter has no valid configuration"}"#),
+            );
+            self.status = Some(503);
+            return Flow::Pause;
+        };
+        let Some(held) = self.held.take() else {
+            return Flow::Pause;
+        };
+        let started = Instant::now();
+        let req = Request::new(&held.headers);
+        let now = now_ns();
+        let decision = {
+            let mut cache = self.cache.borrow_mut();
+            let worker = self.worker.borrow();
+            let mut env = Env {
+                cache: &mut cache,
+                store: &HostStore,
+                now_ns: now,
+                peer: held.peer,
+                end_of_stream: held.end_of_stream,
+                remote_keys: &worker.keys,
+                waited,
+            };
+            decision::decide(&config, &mut env, &req)
+        };
+        let latency_us = held
+            .latency_us
+            .saturating_add(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
+        if let Some(provider) = decision.wait_for_keys {
+            let parked = self.park(provider, now);
+            self.held = Some(Held { latency_us, ..held });
+            if parked {
+                return Flow::Pause;
+            }
+            return self.decide(true, from_root);
+        }
+        let call = match &decision.verdict {
+            Verdict::Refuse(refusal) if !refusal.shadow => {
+                self.refuse(refusal, &held.request_id);
+                None
+            }
+            _ => {
+                for edit in &decision.edits {
+                    let _ = match edit {
+                        HeaderEdit::Remove(name) => {
+                            hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None)
+                        }
+                        HeaderEdit::Set(name, value) => {
+                            hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value))
+                        }
+                    };
+                }
+                self.body = decision.body;
+                Some(self.ask_rate_limit_service(&config, &decision, &req, from_root))
+            }
+        };
+        self.seen = Some(Seen {
+            request_id: held.request_id.clone(),
+            method: req.method().to_owned(),
+            path: decision
+                .normalized_path
+                .clone()
+                .unwrap_or_else(|| req.path().to_owned()),
+            decision,
+            latency_us,
+        });
+        match call {
+            None | Some(Ask::Wait) => Flow::Pause,
+            Some(Ask::NotNeeded) => Flow::Continue,
+            Some(Ask::Failed(stop)) => {
+                self.refuse_body(stop);
+                Flow::Pause
+            }
+        }
+    }
+
+    /// Parks the request until the provider's keys change or its wait ends; `false` when it
+    /// should be decided at once instead (a refetch for an unknown `kid` is throttled, or too
+    /// many requests wait).
+    fn park(&mut self, provider: usize, now: u64) -> bool {
+        let mut worker = self.worker.borrow_mut();
+        if worker.waiters.len() >= MAX_WAITERS {
+            return false;
+        }
+        if worker.keys.keys(provider).is_some()
+            && worker.keys.request_refetch(provider, &HostStore, now) == Refetch::Throttled
+        {
+            return false;
+        }
+        let deadline_ns = now.saturating_add(worker.keys.wait_ns(provider));
+        worker.waiters.push(Waiter {
+            provider,
+            deadline_ns,
+            core: self.me.clone(),
+        });
+        true
+    }
+
+    /// Called by the root when the keys this request waits for changed, or its wait ended.
+    fn decide_again(&mut self) {
+        if self.decide(true, true) == Flow::Continue {
+            let _ = hostcalls::resume_http_request();
+        }
+    }
+
+    fn on_rate_limit_answer(&mut self, token: u32, status_code: u32, response_size: usize) {
         if self.rate_limit_call != Some(token) {
             return;
         }
@@ -128,7 +502,9 @@ impl Context for Stream {
             return;
         };
         let answer = if status_code == 0 {
-            self.get_grpc_call_response_body(0, response_size)
+            hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, response_size)
+                .ok()
+                .flatten()
                 .and_then(|body| proto::decode_response(&body).ok())
         } else {
             None
@@ -138,7 +514,7 @@ impl Context for Stream {
             if service.failure_mode_deny {
                 self.refuse_body(ratelimit::unavailable());
             } else {
-                self.resume_http_request();
+                let _ = hostcalls::resume_http_request();
             }
             return;
         };
@@ -146,95 +522,21 @@ impl Context for Stream {
             ratelimit::Verdict::Allowed { headers } => {
                 self.rate_limit = Some("ok");
                 self.response_headers = headers;
-                self.resume_http_request();
+                let _ = hostcalls::resume_http_request();
             }
             ratelimit::Verdict::OverLimit(stop) => {
                 self.rate_limit = Some("over_limit");
                 if stop.refusal.shadow {
                     self.record_body_refusal(stop);
-                    self.resume_http_request();
+                    let _ = hostcalls::resume_http_request();
                 } else {
                     self.refuse_body(stop);
                 }
             }
         }
     }
-}
 
-impl HttpContext for Stream {
-    fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
-        let Some(config) = self.config.clone() else {
-            self.send_http_response(
-                503,
-                vec![("content-type", "application/json")],
-                Some(br#"{"error":"not_configured","message":"the gateway filter has no valid configuration"}"#),
-            );
-            self.status = Some(503);
-            return Action::Pause;
-        };
-        let started = Instant::now();
-        // The bytes variant: the SDK's String variant unwraps `from_utf8`, so one header value
-        // with obs-text (which Envoy's HTTP/1 codec accepts) would panic and kill the VM.
-        let headers: Vec<(String, String)> = self
-            .get_http_request_headers_bytes()
-            .into_iter()
-            .map(|(name, value)| (name, text(value)))
-            .collect();
-        let req = Request::new(&headers);
-        let now = unix_nanos(self.get_current_time());
-        let decision = {
-            let mut cache = self.cache.borrow_mut();
-            let mut env = Env {
-                cache: &mut cache,
-                store: &HostStore,
-                now_ns: now,
-                peer: self.peer(),
-                end_of_stream,
-            };
-            decision::decide(&config, &mut env, &req)
-        };
-        let request_id = req
-            .header("x-request-id")
-            .map_or_else(|| format!("{now:x}-{:x}", self.context_id), str::to_owned);
-        let call = match &decision.verdict {
-            Verdict::Refuse(refusal) if !refusal.shadow => {
-                self.refuse(refusal, &request_id);
-                None
-            }
-            _ => {
-                for edit in &decision.edits {
-                    match edit {
-                        HeaderEdit::Remove(name) => self.set_http_request_header(name, None),
-                        HeaderEdit::Set(name, value) => {
-                            self.set_http_request_header(name, Some(value))
-                        }
-                    }
-                }
-                self.body = decision.body;
-                Some(self.ask_rate_limit_service(&config, &decision, &req))
-            }
-        };
-        self.seen = Some(Seen {
-            request_id,
-            method: req.method().to_owned(),
-            path: decision
-                .normalized_path
-                .clone()
-                .unwrap_or_else(|| req.path().to_owned()),
-            decision,
-            latency_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-        });
-        match call {
-            None | Some(Ask::Wait) => Action::Pause,
-            Some(Ask::NotNeeded) => Action::Continue,
-            Some(Ask::Failed(stop)) => {
-                self.refuse_body(stop);
-                Action::Pause
-            }
-        }
-    }
-
-    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+    fn on_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         let (Some(plan), Some(config)) = (self.body, self.config.clone()) else {
             return Action::Continue;
         };
@@ -257,7 +559,10 @@ impl HttpContext for Stream {
             return Action::Pause;
         }
         let started = Instant::now();
-        let body = self.get_http_request_body(0, body_size).unwrap_or_default();
+        let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
         let stop = config
             .routes
             .get(plan.route)
@@ -282,26 +587,21 @@ impl HttpContext for Stream {
         }
     }
 
-    fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
-        for (name, value) in std::mem::take(&mut self.response_headers) {
-            self.add_http_response_header(name, &value);
-        }
-        if self.status.is_none() {
-            self.status = self
-                .get_http_response_header_bytes(":status")
-                .and_then(|s| std::str::from_utf8(&s).ok()?.parse().ok());
-        }
-        Action::Continue
-    }
-
-    fn on_log(&mut self) {
-        let time = audit::rfc3339(unix_nanos(self.get_current_time()));
+    /// The audit line.
+    fn log(&self) {
+        let time = audit::rfc3339(now_ns());
         let (Some(seen), Some(config)) = (&self.seen, &self.config) else {
-            // Envoy (or an earlier filter) answered before the request reached this filter.
+            // Envoy (or an earlier filter) answered before the request reached this filter,
+            // or the client left while the request waited for keys.
             let record = AuditRecord {
                 time,
+                request_id: self.held.as_ref().map_or("", |h| h.request_id.as_str()),
                 decision: "none",
-                reason: "not_seen",
+                reason: if self.held.is_some() {
+                    "abandoned_waiting_for_keys"
+                } else {
+                    "not_seen"
+                },
                 status: self.status,
                 ..AuditRecord::default()
             };
@@ -340,12 +640,10 @@ impl HttpContext for Stream {
         };
         log_info(&record.to_json());
     }
-}
 
-impl Stream {
     /// `source.address` without its port (`1.2.3.4:5678`, `[::1]:5678`), as an address.
     fn peer(&self) -> Option<IpAddr> {
-        let raw = self.get_property(vec!["source", "address"])?;
+        let raw = hostcalls::get_property(vec!["source", "address"]).ok()??;
         let text = String::from_utf8(raw).ok()?;
         let (host, _) = split_host_port(&text);
         let ip = host
@@ -360,7 +658,8 @@ impl Stream {
         let body = reply::body(refusal, request_id);
         let headers = reply::headers(refusal);
         let pairs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        self.send_http_response(u32::from(refusal.status), pairs, Some(body.as_bytes()));
+        let _ =
+            hostcalls::send_http_response(u32::from(refusal.status), pairs, Some(body.as_bytes()));
         self.status = Some(refusal.status);
     }
 
@@ -371,6 +670,7 @@ impl Stream {
         config: &Config,
         decision: &Decision,
         req: &Request<'_>,
+        from_root: bool,
     ) -> Ask {
         let Some(service) = &config.rate_limit_service else {
             return Ask::NotNeeded;
@@ -380,7 +680,7 @@ impl Stream {
             return Ask::NotNeeded;
         }
         let message = ratelimit::request_message(service, &descriptors);
-        let call = self.dispatch_grpc_call(
+        let call = hostcalls::dispatch_grpc_call(
             // A serialized GrpcService is valid UTF-8 for any cluster name under 128 bytes;
             // the SDK takes the target as &str.
             std::str::from_utf8(&service.grpc_service).unwrap_or(&service.cluster),
@@ -393,6 +693,13 @@ impl Stream {
         match call {
             Ok(token) => {
                 self.rate_limit_call = Some(token);
+                if from_root {
+                    // The SDK delivers the answer to the root, which hands it over.
+                    self.worker
+                        .borrow_mut()
+                        .calls
+                        .push((token, self.me.clone()));
+                }
                 Ask::Wait
             }
             Err(_) => {
@@ -461,14 +768,20 @@ fn text(value: Vec<u8>) -> String {
     String::from_utf8(value).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
-fn unix_nanos(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+/// Now, from the host's clock, in nanoseconds since the Unix epoch.
+fn now_ns() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 fn log_info(msg: &str) {
     let _ = proxy_wasm::hostcalls::log(LogLevel::Info, msg);
+}
+
+fn log_warn(msg: &str) {
+    let _ = proxy_wasm::hostcalls::log(LogLevel::Warn, msg);
 }
 
 fn log_error(msg: &str) {

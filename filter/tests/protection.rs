@@ -81,6 +81,8 @@ impl Gateway {
             store: &self.store,
             now_ns,
             peer: r.peer.map(|p| p.parse().unwrap()),
+            remote_keys: &portcullis::jwks::RemoteKeys::default(),
+            waited: false,
             end_of_stream: r.end_of_stream,
         };
         decision::decide(&self.config, &mut env, &Request::new(&r.headers))

@@ -176,6 +176,8 @@ impl Decide {
             store: &self.store,
             now_ns: self.now_ns,
             peer: Some(IpAddr::from([203, 0, 113, 7])),
+            remote_keys: &portcullis::jwks::RemoteKeys::default(),
+            waited: false,
             end_of_stream: self.body.is_none(),
         };
         let d = decision::decide(&self.config, &mut env, &req);

@@ -48,15 +48,17 @@ pub enum TokenSource {
     Cookie(String),
 }
 
-/// Envoy jwt_authn's `JwtProvider`, for inline keys.
+/// Envoy jwt_authn's `JwtProvider`, with inline keys or keys fetched from the issuer.
 #[derive(Debug)]
 pub struct JwtProvider {
     /// Exact `iss` required, if set.
     pub issuer: Option<String>,
     /// At least one `aud` must be one of these, if set.
     pub audiences: Vec<String>,
-    /// Verification keys.
+    /// Verification keys from `local_jwks` (empty with `remote_jwks`).
     pub keys: KeySet,
+    /// Where the keys are fetched from, instead of `local_jwks`.
+    pub remote: Option<Box<RemoteJwks>>,
     /// Where the token is looked for, in order.
     pub sources: Vec<TokenSource>,
     /// Keep the token in the request sent upstream.
@@ -74,6 +76,40 @@ pub struct JwtProvider {
     /// Claims that must be present (dotted paths for nested claims).
     pub required_claims: Vec<Vec<String>>,
 }
+
+/// `remote_jwks`: a JWKS fetched through an Envoy cluster, refreshed, and shared by the workers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteJwks {
+    /// Envoy cluster that reaches the issuer.
+    pub cluster: String,
+    /// `:authority` of the requests.
+    pub authority: String,
+    /// Path of the JWKS (with `discovery`, of the OpenID configuration document).
+    pub path: String,
+    /// `path` is `<issuer>/.well-known/openid-configuration`, whose `jwks_uri` names the JWKS.
+    pub discovery: bool,
+    /// Deadline of one fetch.
+    pub timeout_ms: u64,
+    /// How long a fetched set is used before it is fetched again.
+    pub cache_duration_seconds: u64,
+    /// How long a request waits for the first key set (or for a refetch) before it is refused.
+    pub wait_ms: u64,
+    /// Least time between two refetches caused by tokens with an unknown `kid`.
+    pub unknown_kid_refetch_interval_seconds: u64,
+    /// Back-off after a failed fetch: the first delay, doubled up to the maximum.
+    pub retry_base_ms: u64,
+    /// The longest back-off.
+    pub retry_max_ms: u64,
+}
+
+/// Defaults of `remote_jwks` (Envoy's jwt_authn caches a JWKS for 5 minutes by default).
+pub const DEFAULT_JWKS_TIMEOUT_MS: u64 = 5_000;
+/// See [`DEFAULT_JWKS_TIMEOUT_MS`].
+pub const DEFAULT_JWKS_CACHE_SECONDS: u64 = 300;
+/// See [`DEFAULT_JWKS_TIMEOUT_MS`].
+pub const DEFAULT_JWKS_WAIT_MS: u64 = 3_000;
+/// See [`DEFAULT_JWKS_TIMEOUT_MS`].
+pub const DEFAULT_UNKNOWN_KID_REFETCH_SECONDS: u64 = 30;
 
 /// One `claim_to_headers` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,7 +207,38 @@ fn read_jwt(cx: &mut Ctx, o: &mut Obj<'_>) -> Option<JwtProvider> {
         .into_iter()
         .map(str::to_owned)
         .collect();
-    let keys = match o.required(cx, "local_jwks") {
+    let discovery = o.bool(cx, "discovery", false);
+    let remote = o.get("remote_jwks").and_then(|v| {
+        read_remote_jwks(
+            cx,
+            v,
+            &o.field_path("remote_jwks"),
+            discovery,
+            issuer.as_deref(),
+        )
+    });
+    if discovery && !o.has("remote_jwks") {
+        cx.error(
+            &o.field_path("discovery"),
+            "needs remote_jwks (at least its http_uri.cluster) to reach the issuer",
+        );
+    }
+    let keys = match o.get("local_jwks") {
+        Some(_) if o.has("remote_jwks") => {
+            cx.error(
+                &o.field_path("local_jwks"),
+                "local_jwks and remote_jwks exclude each other",
+            );
+            KeySet::default()
+        }
+        None if o.has("remote_jwks") => KeySet::default(),
+        None => {
+            cx.error(
+                &o.field_path("local_jwks"),
+                "required field is missing (or give remote_jwks)",
+            );
+            KeySet::default()
+        }
         Some(v) => {
             let p = o.field_path("local_jwks");
             let before = cx.error_count();
@@ -181,7 +248,6 @@ fn read_jwt(cx: &mut Ctx, o: &mut Obj<'_>) -> Option<JwtProvider> {
             }
             keys
         }
-        None => KeySet::default(),
     };
     let mut sources = read_header_sources(cx, o);
     sources.extend(read_named_sources(cx, o, "from_params", TokenSource::Param));
@@ -223,6 +289,7 @@ fn read_jwt(cx: &mut Ctx, o: &mut Obj<'_>) -> Option<JwtProvider> {
         issuer,
         audiences,
         keys,
+        remote,
         sources,
         forward,
         forward_payload_header,
@@ -232,6 +299,154 @@ fn read_jwt(cx: &mut Ctx, o: &mut Obj<'_>) -> Option<JwtProvider> {
         max_lifetime_seconds,
         required_claims,
     })
+}
+
+/// `remote_jwks: {http_uri: {uri, cluster, timeout_ms}, cache_duration_seconds, …}`. With
+/// `discovery`, `uri` is left out: the issuer's OpenID configuration names the JWKS.
+fn read_remote_jwks(
+    cx: &mut Ctx,
+    v: &Value,
+    path: &str,
+    discovery: bool,
+    issuer: Option<&str>,
+) -> Option<Box<RemoteJwks>> {
+    let mut o = Obj::new(cx, v, path)?;
+    let http = o
+        .required(cx, "http_uri")
+        .and_then(|v| read_http_uri(cx, v, &o.field_path("http_uri"), discovery, issuer));
+    let cache_duration_seconds = o
+        .u64(cx, "cache_duration_seconds", MAX_SECONDS)
+        .unwrap_or(DEFAULT_JWKS_CACHE_SECONDS);
+    let wait_ms = o.u64(cx, "wait_ms", 60_000).unwrap_or(DEFAULT_JWKS_WAIT_MS);
+    let unknown_kid_refetch_interval_seconds = o
+        .u64(cx, "unknown_kid_refetch_interval_seconds", 86_400)
+        .unwrap_or(DEFAULT_UNKNOWN_KID_REFETCH_SECONDS);
+    let (retry_base_ms, retry_max_ms) = match o.get("retry_policy") {
+        Some(v) => {
+            let mut r = Obj::new(cx, v, &o.field_path("retry_policy"))?;
+            let base = r.u64(cx, "base_interval_ms", 3_600_000).unwrap_or(1_000);
+            let max = r.u64(cx, "max_interval_ms", 3_600_000).unwrap_or(60_000);
+            if base == 0 {
+                cx.error(&r.field_path("base_interval_ms"), "must be at least 1");
+            }
+            if max < base {
+                cx.error(
+                    &r.field_path("max_interval_ms"),
+                    "must not be less than base_interval_ms",
+                );
+            }
+            r.finish(cx);
+            (base, max)
+        }
+        None => (1_000, 60_000),
+    };
+    if cache_duration_seconds == 0 {
+        cx.error(
+            &o.field_path("cache_duration_seconds"),
+            "must be at least 1",
+        );
+    }
+    o.finish(cx);
+    let (cluster, authority, path, timeout_ms) = http?;
+    Some(Box::new(RemoteJwks {
+        cluster,
+        authority,
+        path,
+        discovery,
+        timeout_ms,
+        cache_duration_seconds,
+        wait_ms,
+        unknown_kid_refetch_interval_seconds,
+        retry_base_ms,
+        retry_max_ms,
+    }))
+}
+
+/// Envoy's `HttpUri`: `{uri, cluster, timeout_ms}` → (cluster, authority, path, timeout).
+fn read_http_uri(
+    cx: &mut Ctx,
+    v: &Value,
+    path: &str,
+    discovery: bool,
+    issuer: Option<&str>,
+) -> Option<(String, String, String, u64)> {
+    let mut o = Obj::new(cx, v, path)?;
+    let cluster = o.non_empty_str(cx, "cluster").map(str::to_owned);
+    if !o.has("cluster") {
+        cx.error(&o.field_path("cluster"), "required field is missing");
+    }
+    let timeout_ms = o
+        .u64(cx, "timeout_ms", 60_000)
+        .unwrap_or(DEFAULT_JWKS_TIMEOUT_MS);
+    if timeout_ms == 0 {
+        cx.error(&o.field_path("timeout_ms"), "must be at least 1");
+    }
+    let uri = match (discovery, o.get("uri")) {
+        (true, Some(_)) => {
+            cx.error(
+                &o.field_path("uri"),
+                "with discovery the JWKS location comes from the issuer; leave uri out",
+            );
+            None
+        }
+        (true, None) => match issuer {
+            Some(issuer) => {
+                let base = issuer.trim_end_matches('/');
+                split_url(&format!("{base}/.well-known/openid-configuration")).or_else(|| {
+                    cx.error(path, "discovery needs an issuer that is an http(s) URL");
+                    None
+                })
+            }
+            None => {
+                cx.error(path, "discovery needs the provider's issuer");
+                None
+            }
+        },
+        (false, Some(v)) => reader::as_str(cx, v, &o.field_path("uri")).and_then(|s| {
+            split_url(s).or_else(|| {
+                cx.error(
+                    &o.field_path("uri"),
+                    format!("{s:?} is not an http(s) URL with a host"),
+                );
+                None
+            })
+        }),
+        (false, None) => {
+            cx.error(
+                &o.field_path("uri"),
+                "required field is missing (or set discovery on the provider)",
+            );
+            None
+        }
+    };
+    o.finish(cx);
+    let (authority, path) = uri?;
+    Some((cluster?, authority, path, timeout_ms))
+}
+
+/// `http(s)://authority/path?query` → (authority, path with query; `/` when empty).
+pub fn split_url(url: &str) -> Option<(String, String)> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))?;
+    let rest = rest.split('#').next().unwrap_or(rest);
+    let (authority, path) = match rest.find(['/', '?']) {
+        Some(i) => rest.split_at(i),
+        None => (rest, "/"),
+    };
+    if authority.is_empty()
+        || authority.contains('@')
+        || !authority.bytes().all(|b| b.is_ascii_graphic())
+        || !path.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return None;
+    }
+    let path = if path.starts_with('?') {
+        format!("/{path}")
+    } else {
+        path.to_owned()
+    };
+    Some((authority.to_owned(), path))
 }
 
 /// Reads a claim name, splitting nested claims on `.` (as Envoy's `claim_to_headers`).

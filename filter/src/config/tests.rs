@@ -307,3 +307,90 @@ fn not_json_and_not_an_object() {
     let big = vec![b' '; MAX_CONFIG_BYTES + 1];
     assert!(Config::from_json(&big).is_err());
 }
+
+#[test]
+fn remote_jwks_errors_name_their_paths() {
+    let remote = |corp: Value| {
+        errors_after(move |d| {
+            d["providers"]["corp"]
+                .as_object_mut()
+                .unwrap()
+                .remove("local_jwks");
+            for (k, v) in corp.as_object().unwrap() {
+                if v.is_null() {
+                    d["providers"]["corp"].as_object_mut().unwrap().remove(k);
+                } else {
+                    d["providers"]["corp"][k] = v.clone();
+                }
+            }
+        })
+    };
+    let ok = json!({"remote_jwks": {"http_uri": {"uri": "https://id.example.com/jwks", "cluster": "idp"}}});
+    assert_eq!(remote(ok), Vec::<String>::new());
+    let cases = [
+        (
+            json!({"remote_jwks": {"http_uri": {"uri": "ftp://x/jwks", "cluster": "idp"}}}),
+            "providers.corp.remote_jwks.http_uri.uri: \"ftp://x/jwks\" is not an http(s) URL",
+        ),
+        (
+            json!({"remote_jwks": {"http_uri": {"uri": "https://id.example.com/jwks"}}}),
+            "providers.corp.remote_jwks.http_uri.cluster: required field is missing",
+        ),
+        (
+            json!({"remote_jwks": {"http_uri": {"cluster": "idp"}}}),
+            "providers.corp.remote_jwks.http_uri.uri: required field is missing",
+        ),
+        (
+            json!({"discovery": true, "remote_jwks": {"http_uri": {"uri": "https://id.example.com/jwks", "cluster": "idp"}}}),
+            "providers.corp.remote_jwks.http_uri.uri: with discovery",
+        ),
+        (
+            json!({"discovery": true}),
+            "providers.corp.discovery: needs remote_jwks",
+        ),
+        (
+            json!({"remote_jwks": {"http_uri": {"uri": "https://a/j", "cluster": "idp"},
+                                   "retry_policy": {"base_interval_ms": 500, "max_interval_ms": 100}}}),
+            "providers.corp.remote_jwks.retry_policy.max_interval_ms: must not be less",
+        ),
+        (
+            json!({"remote_jwks": {"http_uri": {"uri": "https://a/j", "cluster": "idp"},
+                                   "cache_duration_seconds": 0}}),
+            "providers.corp.remote_jwks.cache_duration_seconds: must be at least 1",
+        ),
+        (
+            json!({"remote_jwks": {"http_uri": {"uri": "https://a/j", "cluster": "idp"}},
+                   "local_jwks": {"keys": [{"kty": "oct", "kid": "hs1", "alg": "HS256", "k": HS_KEY}]}}),
+            "providers.corp.local_jwks: local_jwks and remote_jwks exclude each other",
+        ),
+        (
+            json!({}),
+            "providers.corp.local_jwks: required field is missing",
+        ),
+    ];
+    for (corp, expected) in cases {
+        assert_error(&remote(corp), expected);
+    }
+    assert_error(
+        &remote(json!({"issuer": null, "discovery": true,
+                       "remote_jwks": {"http_uri": {"cluster": "idp"}}})),
+        "providers.corp.remote_jwks.http_uri: discovery needs the provider's issuer",
+    );
+}
+
+#[test]
+fn urls_split_into_authority_and_path() {
+    use super::provider::split_url;
+    assert_eq!(
+        split_url("https://id.example.com:8443/a/b?x=1#f"),
+        Some(("id.example.com:8443".into(), "/a/b?x=1".into()))
+    );
+    assert_eq!(
+        split_url("http://idp.test"),
+        Some(("idp.test".into(), "/".into()))
+    );
+    assert_eq!(split_url("https://h?q"), Some(("h".into(), "/?q".into())));
+    assert_eq!(split_url("https://user@h/x"), None);
+    assert_eq!(split_url("https:///x"), None);
+    assert_eq!(split_url("h/x"), None);
+}

@@ -4,11 +4,13 @@ use super::claims::{self, VerifiedToken};
 use super::{JwtError, jws};
 use crate::cache::TokenCache;
 use crate::config::JwtProvider;
+use crate::jwt::jwk::KeySet;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
-/// Verifies `token` for the provider at `index`, using and filling the cache.
+/// Verifies `token` for the provider at `index` with `keys` (its `local_jwks`, or the set
+/// fetched for it), using and filling the cache.
 ///
 /// Order: cache → structure and header → key lookup by `kid` and pinned `alg` → claims (issuer,
 /// audience, times) → signature. Everything before the signature is cheap, so a flood of forged
@@ -16,6 +18,7 @@ use std::sync::Arc;
 pub fn authenticate(
     index: usize,
     provider: &JwtProvider,
+    keys: &KeySet,
     token: &str,
     now: u64,
     cache: &mut TokenCache,
@@ -32,7 +35,7 @@ pub fn authenticate(
         return Ok(hit);
     }
     let parsed = jws::parse(token)?;
-    let usable = jws::usable_keys(&parsed, &provider.keys)?;
+    let usable = jws::usable_keys(&parsed, keys)?;
     let claims: Map<String, Value> = serde_json::from_slice(&parsed.payload)
         .map_err(|_| JwtError::Malformed("payload is not a JSON object"))?;
     let payload_b64 = token.split('.').nth(1).unwrap_or("");

@@ -18,6 +18,8 @@ pub fn decide(config: &Config, cache: &mut TokenCache, req: &Request<'_>, now: u
         store: &store,
         now_ns: now.saturating_mul(1_000_000_000),
         peer: PEER.parse().ok(),
+        remote_keys: &portcullis::jwks::RemoteKeys::default(),
+        waited: false,
         end_of_stream: true,
     };
     decision::decide(config, &mut env, req)

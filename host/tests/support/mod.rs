@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 pub use portcullis_host::echo::EchoServer;
 
+pub mod idp;
+
 /// How long the host may take to compile its modules and start (debug wasmtime is slow).
 pub const START_DEADLINE: Duration = Duration::from_secs(120);
 

@@ -1,0 +1,475 @@
+//! Remote key sets (`remote_jwks`): fetched through an Envoy cluster by one worker at a time,
+//! shared with the other workers through proxy-wasm shared data, refreshed after
+//! `cache_duration_seconds`, refetched (throttled) when a token names an unknown `kid`.
+//!
+//! Plain Rust without host calls: the wasm glue asks [`RemoteKeys::poll`] on every tick which
+//! fetches to start, sends them with `proxy_http_call`, and hands the answers to
+//! [`RemoteKeys::on_response`]. Three shared-data entries per provider tie the workers together:
+//!
+//! - `portcullis.jwks.<id>`: the last good set (`<fetched-at ns, 16 hex>\n<JWKS JSON>`); every
+//!   worker installs it when its CAS changes, so one fetch serves all of them;
+//! - `<...>.lease`: who may fetch next (`<until ns><failures>`): taken with CAS, so only one
+//!   worker fetches; after a failure it holds the back-off for everyone;
+//! - `<...>.refetch`: when an unknown `kid` last asked for a refetch, for the throttle.
+
+use crate::burst::SharedStore;
+use crate::config::provider::{RemoteJwks, split_url};
+use crate::config::reader::Ctx;
+use crate::config::{Config, ProviderKind};
+use crate::jwt::jwk::{self, KeySet};
+use serde_json::Value;
+use std::sync::Arc;
+
+/// Largest accepted JWKS or discovery document.
+pub const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
+
+const NANOS_PER_MS: u64 = 1_000_000;
+
+/// An HTTP GET the glue should send with `proxy_http_call`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetch {
+    /// The provider it is for.
+    pub provider: usize,
+    /// Envoy cluster.
+    pub cluster: String,
+    /// `:authority`.
+    pub authority: String,
+    /// `:path`.
+    pub path: String,
+    /// Deadline.
+    pub timeout_ms: u64,
+}
+
+/// What a fetch asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// The OpenID configuration, for its `jwks_uri`.
+    Discovery,
+    /// The key set.
+    Jwks,
+}
+
+/// What an unknown `kid` may wait for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refetch {
+    /// A refetch was asked for (now, or by another request, and has not happened yet).
+    Pending,
+    /// The last refetch is too recent: the token is refused now.
+    Throttled,
+}
+
+/// The outcome of an answer to one of our fetches.
+#[derive(Debug, Default)]
+pub struct Answer {
+    /// The provider whose keys changed (installed in this worker).
+    pub changed: Option<usize>,
+    /// A follow-up fetch (the JWKS after discovery).
+    pub next: Option<Fetch>,
+    /// Why the fetch failed, for the log (never the document).
+    pub error: Option<String>,
+}
+
+/// One remote provider in this worker.
+#[derive(Debug)]
+struct Entry {
+    provider: usize,
+    name: String,
+    /// Prefix of its shared-data keys.
+    key: String,
+    remote: RemoteJwks,
+    issuer: Option<String>,
+    keys: Option<Arc<KeySet>>,
+    /// CAS of the shared entry that `keys` came from.
+    version: Option<u32>,
+    fetched_at_ns: u64,
+    /// Where the JWKS is: from the configuration, or found by discovery.
+    jwks_at: Option<(String, String)>,
+    in_flight: Option<(u32, Stage)>,
+}
+
+/// Every remote provider's keys, in one worker.
+#[derive(Debug, Default)]
+pub struct RemoteKeys {
+    entries: Vec<Entry>,
+}
+
+impl RemoteKeys {
+    /// One entry per provider with `remote_jwks`.
+    pub fn new(config: &Config) -> Self {
+        let entries = config
+            .providers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| match &p.kind {
+                ProviderKind::Jwt(jwt) => jwt.remote.as_ref().map(|remote| Entry {
+                    provider: i,
+                    name: p.name.clone(),
+                    key: shared_key(&p.name, remote),
+                    jwks_at: (!remote.discovery)
+                        .then(|| (remote.authority.clone(), remote.path.clone())),
+                    remote: RemoteJwks::clone(remote),
+                    issuer: jwt.issuer.clone(),
+                    keys: None,
+                    version: None,
+                    fetched_at_ns: 0,
+                    in_flight: None,
+                }),
+                ProviderKind::ApiKey(_) => None,
+            })
+            .collect();
+        RemoteKeys { entries }
+    }
+
+    /// Whether any provider fetches its keys.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The current keys of a remote provider (`None`: none yet, or not a remote provider).
+    pub fn keys(&self, provider: usize) -> Option<Arc<KeySet>> {
+        self.entry(provider).and_then(|e| e.keys.clone())
+    }
+
+    /// The longest a request waits for this provider's keys, in nanoseconds.
+    pub fn wait_ns(&self, provider: usize) -> u64 {
+        self.entry(provider)
+            .map_or(0, |e| e.remote.wait_ms.saturating_mul(NANOS_PER_MS))
+    }
+
+    /// The provider's name, for logs.
+    pub fn name(&self, provider: usize) -> &str {
+        self.entry(provider).map_or("", |e| e.name.as_str())
+    }
+
+    /// Installs key sets other workers (or this one) stored since the last call, and returns
+    /// the providers whose keys changed and the fetches this worker should start now.
+    pub fn poll(&mut self, store: &dyn SharedStore, now_ns: u64) -> (Vec<usize>, Vec<Fetch>) {
+        let mut changed = Vec::new();
+        let mut fetches = Vec::new();
+        for e in &mut self.entries {
+            if e.install_shared(store) {
+                changed.push(e.provider);
+            }
+            if e.in_flight.is_none() && e.is_due(store, now_ns) && e.take_lease(store, now_ns) {
+                fetches.push(e.next_fetch());
+            }
+        }
+        (changed, fetches)
+    }
+
+    /// Records the token of a fetch the glue sent for `fetch`.
+    pub fn started(&mut self, fetch: &Fetch, token: u32) {
+        if let Some(e) = self.entry_mut(fetch.provider) {
+            let stage = if e.jwks_at.is_some() {
+                Stage::Jwks
+            } else {
+                Stage::Discovery
+            };
+            e.in_flight = Some((token, stage));
+        }
+    }
+
+    /// A fetch that could not be sent: back off as after a failed one.
+    pub fn not_sent(&mut self, fetch: &Fetch, store: &dyn SharedStore, now_ns: u64) {
+        if let Some(e) = self.entry_mut(fetch.provider) {
+            e.in_flight = None;
+            e.back_off(store, now_ns);
+        }
+    }
+
+    /// Whether `token` is one of our fetches.
+    pub fn owns(&self, token: u32) -> bool {
+        self.entries
+            .iter()
+            .any(|e| e.in_flight.is_some_and(|(t, _)| t == token))
+    }
+
+    /// Handles the answer to a fetch: `status` is the HTTP status (`None`: no answer).
+    pub fn on_response(
+        &mut self,
+        token: u32,
+        status: Option<u16>,
+        body: &[u8],
+        store: &dyn SharedStore,
+        now_ns: u64,
+    ) -> Answer {
+        let Some(e) = self
+            .entries
+            .iter_mut()
+            .find(|e| e.in_flight.is_some_and(|(t, _)| t == token))
+        else {
+            return Answer::default();
+        };
+        let Some((_, stage)) = e.in_flight.take() else {
+            return Answer::default();
+        };
+        let result = match status {
+            None => Err("no answer (connection failed or reset)".to_owned()),
+            Some(200) if body.len() > MAX_DOCUMENT_BYTES => {
+                Err(format!("document larger than {MAX_DOCUMENT_BYTES} bytes"))
+            }
+            Some(200) => Ok(()),
+            Some(s) => Err(format!("HTTP status {s}")),
+        };
+        let outcome = result.and_then(|()| match stage {
+            Stage::Discovery => e.discovered(body).map(|()| None),
+            Stage::Jwks => e.store_jwks(body, store, now_ns).map(Some),
+        });
+        match outcome {
+            Ok(None) => {
+                // Discovery done: the JWKS next, under the same lease.
+                e.extend_lease(store, now_ns);
+                Answer {
+                    next: Some(e.next_fetch()),
+                    ..Answer::default()
+                }
+            }
+            Ok(Some(changed)) => Answer {
+                changed: changed.then_some(e.provider),
+                ..Answer::default()
+            },
+            Err(why) => {
+                e.back_off(store, now_ns);
+                let what = match stage {
+                    Stage::Discovery => "OpenID configuration",
+                    Stage::Jwks => "JWKS",
+                };
+                Answer {
+                    error: Some(format!("provider {}: {what} fetch failed: {why}", e.name)),
+                    ..Answer::default()
+                }
+            }
+        }
+    }
+
+    /// A token named a `kid` the provider's keys do not have: asks for a refetch unless one
+    /// happened less than `unknown_kid_refetch_interval_seconds` ago.
+    pub fn request_refetch(
+        &mut self,
+        provider: usize,
+        store: &dyn SharedStore,
+        now_ns: u64,
+    ) -> Refetch {
+        let Some(e) = self.entry_mut(provider) else {
+            return Refetch::Throttled;
+        };
+        let key = format!("{}.refetch", e.key);
+        let current = store.get(&key);
+        let last = current.as_ref().map_or(0, |(v, _)| hex_u64(v, 0));
+        if last > e.fetched_at_ns {
+            return Refetch::Pending;
+        }
+        let interval = e
+            .remote
+            .unknown_kid_refetch_interval_seconds
+            .saturating_mul(1_000_000_000);
+        if last != 0 && now_ns.saturating_sub(last) < interval {
+            return Refetch::Throttled;
+        }
+        let value = format!("{now_ns:016x}");
+        match store.set(&key, value.as_bytes(), current.map(|(_, cas)| cas)) {
+            // Lost a race: another request asked first; wait for that refetch.
+            Ok(()) | Err(_) => Refetch::Pending,
+        }
+    }
+
+    fn entry(&self, provider: usize) -> Option<&Entry> {
+        self.entries.iter().find(|e| e.provider == provider)
+    }
+
+    fn entry_mut(&mut self, provider: usize) -> Option<&mut Entry> {
+        self.entries.iter_mut().find(|e| e.provider == provider)
+    }
+}
+
+impl Entry {
+    /// Installs the shared set if it changed since this worker last looked.
+    fn install_shared(&mut self, store: &dyn SharedStore) -> bool {
+        let Some((value, cas)) = store.get(&self.key) else {
+            return false;
+        };
+        if self.version == Some(cas) {
+            return false;
+        }
+        self.version = Some(cas);
+        let Some((stamp, body)) = value.split_at_checked(17) else {
+            return false;
+        };
+        match parse_jwks(body) {
+            Ok(keys) => {
+                self.keys = Some(Arc::new(keys));
+                self.fetched_at_ns = hex_u64(stamp, 0);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Whether a fetch should start: no keys yet, the set is older than the cache duration,
+    /// or an unknown `kid` asked for a refetch after the last fetch.
+    fn is_due(&self, store: &dyn SharedStore, now_ns: u64) -> bool {
+        if self.keys.is_none() {
+            return true;
+        }
+        let age = now_ns.saturating_sub(self.fetched_at_ns);
+        if age
+            >= self
+                .remote
+                .cache_duration_seconds
+                .saturating_mul(1_000_000_000)
+        {
+            return true;
+        }
+        store
+            .get(&format!("{}.refetch", self.key))
+            .is_some_and(|(v, _)| hex_u64(&v, 0) > self.fetched_at_ns)
+    }
+
+    /// Takes the fetch lease when nobody holds it and no back-off runs.
+    fn take_lease(&self, store: &dyn SharedStore, now_ns: u64) -> bool {
+        let key = format!("{}.lease", self.key);
+        let current = store.get(&key);
+        let (until, failures) = current
+            .as_ref()
+            .map_or((0, 0), |(v, _)| (hex_u64(v, 0), hex_u64(v, 16)));
+        if now_ns < until {
+            return false;
+        }
+        let value = lease_value(now_ns.saturating_add(self.lease_ns()), failures);
+        store
+            .set(&key, value.as_bytes(), current.map(|(_, cas)| cas))
+            .is_ok()
+    }
+
+    fn extend_lease(&self, store: &dyn SharedStore, now_ns: u64) {
+        let key = format!("{}.lease", self.key);
+        let failures = store.get(&key).map_or(0, |(v, _)| hex_u64(&v, 16));
+        let value = lease_value(now_ns.saturating_add(self.lease_ns()), failures);
+        let _ = store.set(&key, value.as_bytes(), None);
+    }
+
+    /// The fetch's deadline and a second of slack: long enough that nobody else fetches
+    /// meanwhile, short enough that a worker that stopped does not block the others.
+    fn lease_ns(&self) -> u64 {
+        self.remote
+            .timeout_ms
+            .saturating_add(1_000)
+            .saturating_mul(NANOS_PER_MS)
+    }
+
+    /// After a failure: nobody fetches before the back-off (base × 2^failures, capped) ends.
+    fn back_off(&self, store: &dyn SharedStore, now_ns: u64) {
+        let key = format!("{}.lease", self.key);
+        let failures = store.get(&key).map_or(0, |(v, _)| hex_u64(&v, 16));
+        let delay_ms = self
+            .remote
+            .retry_base_ms
+            .saturating_mul(1u64 << failures.min(20))
+            .min(self.remote.retry_max_ms);
+        let until = now_ns.saturating_add(delay_ms.saturating_mul(NANOS_PER_MS));
+        let _ = store.set(
+            &key,
+            lease_value(until, failures.saturating_add(1)).as_bytes(),
+            None,
+        );
+    }
+
+    fn next_fetch(&self) -> Fetch {
+        let (authority, path) = self
+            .jwks_at
+            .clone()
+            .unwrap_or_else(|| (self.remote.authority.clone(), self.remote.path.clone()));
+        Fetch {
+            provider: self.provider,
+            cluster: self.remote.cluster.clone(),
+            authority,
+            path,
+            timeout_ms: self.remote.timeout_ms,
+        }
+    }
+
+    /// Reads `jwks_uri` from the OpenID configuration, whose `issuer` must be ours (OpenID
+    /// Connect Discovery §4.3).
+    fn discovered(&mut self, body: &[u8]) -> Result<(), String> {
+        let doc: Value =
+            serde_json::from_slice(body).map_err(|_| "the OpenID configuration is not JSON")?;
+        let issuer = doc.get("issuer").and_then(Value::as_str);
+        let ours = self.issuer.as_deref().map(|i| i.trim_end_matches('/'));
+        if issuer.map(|i| i.trim_end_matches('/')) != ours {
+            return Err("the OpenID configuration names another issuer".to_owned());
+        }
+        let uri = doc
+            .get("jwks_uri")
+            .and_then(Value::as_str)
+            .ok_or("the OpenID configuration has no jwks_uri")?;
+        self.jwks_at =
+            Some(split_url(uri).ok_or("the OpenID configuration's jwks_uri is not a URL")?);
+        Ok(())
+    }
+
+    /// Checks a fetched JWKS and shares it; installs it here. Returns whether keys changed.
+    fn store_jwks(
+        &mut self,
+        body: &[u8],
+        store: &dyn SharedStore,
+        now_ns: u64,
+    ) -> Result<bool, String> {
+        parse_jwks(body)?;
+        let mut value = format!("{now_ns:016x}\n").into_bytes();
+        value.extend_from_slice(body);
+        store
+            .set(&self.key, &value, None)
+            .map_err(|e| format!("shared data: {e}"))?;
+        let _ = store.set(
+            &format!("{}.lease", self.key),
+            lease_value(0, 0).as_bytes(),
+            None,
+        );
+        Ok(self.install_shared(store))
+    }
+}
+
+/// A fetched JWKS as a key set: keys the filter cannot use (another `use`, no `alg`, an
+/// unsupported curve) are skipped; a set without any usable key is an error.
+pub fn parse_jwks(body: &[u8]) -> Result<KeySet, String> {
+    let doc: Value = serde_json::from_slice(body).map_err(|_| "the JWKS is not JSON")?;
+    let mut cx = Ctx::default();
+    let keys = jwk::read_jwks(&mut cx, &doc, "jwks");
+    if keys.is_empty() {
+        let first = cx
+            .into_errors()
+            .into_iter()
+            .next()
+            .map_or_else(String::new, |e| format!(" (first problem: {e})"));
+        return Err(format!("the JWKS holds no usable key{first}"));
+    }
+    Ok(keys)
+}
+
+/// `portcullis.jwks.<name>.<hash of cluster, authority, path>`: two plugins on one VM id with
+/// a provider of the same name but another source do not share keys.
+fn shared_key(name: &str, remote: &RemoteJwks) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in [&remote.cluster, &remote.authority, &remote.path]
+        .iter()
+        .flat_map(|s| s.bytes().chain([0]))
+    {
+        hash = (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("portcullis.jwks.{name}.{hash:016x}")
+}
+
+fn lease_value(until_ns: u64, failures: u64) -> String {
+    format!("{until_ns:016x}{failures:016x}")
+}
+
+/// The 16 hex digits at `at` in `v` (0 if absent or not hex).
+fn hex_u64(v: &[u8], at: usize) -> u64 {
+    v.get(at..at + 16)
+        .and_then(|h| std::str::from_utf8(h).ok())
+        .and_then(|h| u64::from_str_radix(h, 16).ok())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,195 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use super::*;
+use crate::burst::MemoryStore;
+use crate::jwt::jwk::test_support::public_jwks_json;
+use serde_json::json;
+
+const SECOND: u64 = 1_000_000_000;
+
+fn config(remote: Value) -> Config {
+    let doc = json!({
+        "providers": {"idp": {"issuer": "https://id.example.com", "remote_jwks": remote}},
+        "routes": [{"name": "all", "requires": ["idp"]}]
+    });
+    Config::from_json(doc.to_string().as_bytes()).unwrap()
+}
+
+fn direct() -> Config {
+    config(
+        json!({"http_uri": {"uri": "https://id.example.com/keys?v=1", "cluster": "idp",
+                               "timeout_ms": 2000},
+                  "cache_duration_seconds": 60,
+                  "retry_policy": {"base_interval_ms": 100, "max_interval_ms": 1000}}),
+    )
+}
+
+fn jwks() -> Vec<u8> {
+    public_jwks_json().to_string().into_bytes()
+}
+
+#[test]
+fn one_worker_fetches_and_every_worker_installs_the_set() {
+    let config = direct();
+    let store = MemoryStore::default();
+    let (mut a, mut b) = (RemoteKeys::new(&config), RemoteKeys::new(&config));
+    let now = 1_000 * SECOND;
+
+    let (changed, fetches) = a.poll(&store, now);
+    assert!(changed.is_empty());
+    assert_eq!(
+        fetches,
+        vec![Fetch {
+            provider: 0,
+            cluster: "idp".into(),
+            authority: "id.example.com".into(),
+            path: "/keys?v=1".into(),
+            timeout_ms: 2000
+        }]
+    );
+    a.started(&fetches[0], 7);
+    // The other worker sees the lease and does not fetch.
+    assert_eq!(b.poll(&store, now), (vec![], vec![]));
+    assert!(a.owns(7));
+
+    let answer = a.on_response(7, Some(200), &jwks(), &store, now);
+    assert_eq!(answer.changed, Some(0));
+    assert!(answer.error.is_none());
+    assert!(a.keys(0).is_some_and(|k| !k.is_empty()));
+    // The other worker installs the shared set without fetching.
+    assert_eq!(b.poll(&store, now + 1), (vec![0], vec![]));
+    assert_eq!(b.keys(0).unwrap().len(), a.keys(0).unwrap().len());
+    assert_eq!(a.poll(&store, now + 1), (vec![], vec![]));
+
+    // After the cache duration, one worker refreshes.
+    let later = now + 61 * SECOND;
+    let (_, fetches) = b.poll(&store, later);
+    assert_eq!(fetches.len(), 1);
+    b.started(&fetches[0], 9);
+    assert_eq!(a.poll(&store, later).1, vec![]);
+}
+
+#[test]
+fn failures_back_off_for_every_worker_and_keep_the_last_good_set() {
+    let config = direct();
+    let store = MemoryStore::default();
+    let (mut a, mut b) = (RemoteKeys::new(&config), RemoteKeys::new(&config));
+    let now = 1_000 * SECOND;
+    let (_, f) = a.poll(&store, now);
+    a.started(&f[0], 1);
+    let answer = a.on_response(1, Some(503), b"", &store, now);
+    assert_eq!(
+        answer.error.as_deref(),
+        Some("provider idp: JWKS fetch failed: HTTP status 503")
+    );
+    // 100 ms back-off for everyone, then 200 ms after the next failure.
+    assert!(b.poll(&store, now + 50_000_000).1.is_empty());
+    let (_, f) = b.poll(&store, now + 100_000_000);
+    assert_eq!(f.len(), 1);
+    b.started(&f[0], 2);
+    let answer = b.on_response(2, Some(200), b"not json", &store, now + 100_000_000);
+    assert!(answer.error.unwrap().contains("not JSON"));
+    assert!(a.poll(&store, now + 250_000_000).1.is_empty());
+    let (_, f) = a.poll(&store, now + 300_000_000);
+    a.started(&f[0], 3);
+    assert_eq!(
+        a.on_response(3, Some(200), &jwks(), &store, now + 300_000_000)
+            .changed,
+        Some(0)
+    );
+
+    // Refresh fails: the last good set stays.
+    let later = now + 100 * SECOND;
+    let (_, f) = a.poll(&store, later);
+    a.started(&f[0], 4);
+    assert!(a.on_response(4, None, b"", &store, later).error.is_some());
+    assert!(a.keys(0).is_some());
+    assert!(b.poll(&store, later).0 == vec![0] && b.keys(0).is_some());
+}
+
+#[test]
+fn a_set_without_usable_keys_is_refused() {
+    let err =
+        parse_jwks(br#"{"keys":[{"kty":"RSA","use":"enc","n":"AQAB","e":"AQAB"}]}"#).unwrap_err();
+    assert!(err.starts_with("the JWKS holds no usable key"), "{err}");
+    assert!(parse_jwks(br#"{"keys":[]}"#).is_err());
+    assert!(parse_jwks(&jwks()).is_ok());
+}
+
+#[test]
+fn unknown_kid_refetches_are_throttled_across_workers() {
+    let config = direct();
+    let store = MemoryStore::default();
+    let (mut a, mut b) = (RemoteKeys::new(&config), RemoteKeys::new(&config));
+    let now = 1_000 * SECOND;
+    let (_, f) = a.poll(&store, now);
+    a.started(&f[0], 1);
+    a.on_response(1, Some(200), &jwks(), &store, now);
+    b.poll(&store, now);
+
+    let t = now + 5 * SECOND;
+    assert_eq!(a.request_refetch(0, &store, t), Refetch::Pending);
+    // Asked for and not done yet: another request waits for the same refetch.
+    assert_eq!(b.request_refetch(0, &store, t), Refetch::Pending);
+    let (_, f) = b.poll(&store, t);
+    assert_eq!(f.len(), 1, "the refetch is due");
+    b.started(&f[0], 2);
+    assert_eq!(
+        b.on_response(2, Some(200), &jwks(), &store, t).changed,
+        Some(0)
+    );
+    assert_eq!(a.poll(&store, t).0, vec![0]);
+    // Within the interval (30 s by default): refused at once.
+    assert_eq!(
+        a.request_refetch(0, &store, t + 10 * SECOND),
+        Refetch::Throttled
+    );
+    assert_eq!(
+        a.request_refetch(0, &store, t + 31 * SECOND),
+        Refetch::Pending
+    );
+}
+
+#[test]
+fn discovery_finds_the_jwks_and_checks_the_issuer() {
+    let doc = json!({
+        "providers": {"idp": {"issuer": "https://id.example.com/realms/x/", "discovery": true,
+                              "remote_jwks": {"http_uri": {"cluster": "idp"}}}},
+        "routes": [{"name": "all", "requires": ["idp"]}]
+    });
+    let config = Config::from_json(doc.to_string().as_bytes()).unwrap();
+    let store = MemoryStore::default();
+    let mut keys = RemoteKeys::new(&config);
+    let now = 1_000 * SECOND;
+    let (_, f) = keys.poll(&store, now);
+    assert_eq!(f[0].authority, "id.example.com");
+    assert_eq!(f[0].path, "/realms/x/.well-known/openid-configuration");
+    keys.started(&f[0], 1);
+    let wrong =
+        json!({"issuer": "https://evil.example.com", "jwks_uri": "https://evil.example.com/k"});
+    let answer = keys.on_response(1, Some(200), wrong.to_string().as_bytes(), &store, now);
+    assert!(answer.error.unwrap().contains("another issuer"));
+
+    let (_, f) = keys.poll(&store, now + 2 * SECOND);
+    keys.started(&f[0], 2);
+    let good = json!({"issuer": "https://id.example.com/realms/x",
+                      "jwks_uri": "https://keys.example.com/realms/x/certs"});
+    let answer = keys.on_response(
+        2,
+        Some(200),
+        good.to_string().as_bytes(),
+        &store,
+        now + 2 * SECOND,
+    );
+    let next = answer.next.unwrap();
+    assert_eq!(
+        (next.authority.as_str(), next.path.as_str()),
+        ("keys.example.com", "/realms/x/certs")
+    );
+    keys.started(&next, 3);
+    assert_eq!(
+        keys.on_response(3, Some(200), &jwks(), &store, now + 2 * SECOND)
+            .changed,
+        Some(0)
+    );
+}
