@@ -126,8 +126,8 @@ fn check_reports_every_error_with_its_path() {
         paths,
         [
             "realm",
-            "providers.corp.local_jwks.keys[0].n",
             "providers.corp.clock_skew_seconds",
+            "providers.corp.local_jwks.keys[0].n",
             "providers.partners.keys[0].sha256",
             "routes[0].match",
             "routes[0].requires[0]",

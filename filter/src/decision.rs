@@ -5,6 +5,7 @@
 
 use crate::apikey;
 use crate::burst::SharedStore;
+use crate::cache::CacheKey;
 use crate::cache::TokenCache;
 use crate::client_ip::client_ip;
 use crate::config::{
@@ -12,13 +13,16 @@ use crate::config::{
 };
 use crate::guard;
 pub use crate::guard::{BodyKind, BodyPlan, Stop};
+use crate::introspect::{Introspected, IntrospectionCache};
 use crate::jwks::RemoteKeys;
 use crate::jwt::JwtError;
 use crate::jwt::authenticate::authenticate;
+use crate::jwt::claims;
 use crate::jwt::claims::VerifiedToken;
 use crate::path;
 use crate::request::{Request, is_safe_header_value, without_cookie, without_query_param};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -44,10 +48,35 @@ pub struct Decision {
     pub body: Option<BodyPlan>,
     /// The path routes and rules saw, when normalising changed it.
     pub normalized_path: Option<String>,
-    /// The provider whose fetched keys are missing, or lack the token's `kid`: the request
-    /// should wait for them and be decided again (with [`Env::waited`]). The verdict is then the
-    /// refusal that applies if it does not wait.
-    pub wait_for_keys: Option<usize>,
+    /// What the request should wait for before it is decided again (with [`Env::waited`]).
+    /// The verdict is then the refusal that applies if it does not wait.
+    pub wait: Option<Wait>,
+}
+
+/// Something a decision needs that the filter has to ask for first.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Wait {
+    /// The provider's fetched keys are missing, or lack the token's `kid`.
+    Keys(usize),
+    /// The provider's introspection endpoint has not been asked about this token yet.
+    Introspection {
+        /// The provider.
+        provider: usize,
+        /// The token to ask about.
+        token: String,
+        /// Its cache key.
+        key: CacheKey,
+    },
+}
+
+impl std::fmt::Debug for Wait {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Wait::Keys(p) => write!(f, "Keys({p})"),
+            // The token stays out of logs and panic messages.
+            Wait::Introspection { provider, .. } => write!(f, "Introspection({provider})"),
+        }
+    }
 }
 
 /// Pass, or refuse with a reply.
@@ -170,6 +199,8 @@ pub struct Env<'w> {
     pub end_of_stream: bool,
     /// Keys fetched for `remote_jwks` providers.
     pub remote_keys: &'w RemoteKeys,
+    /// The worker's introspection answers.
+    pub introspected: &'w IntrospectionCache,
     /// This request already waited for keys: decide without waiting again, and do not count
     /// it in the burst guard twice.
     pub waited: bool,
@@ -189,7 +220,7 @@ pub fn decide(config: &Config, env: &mut Env<'_>, req: &Request<'_>) -> Decision
         client_ip: None,
         body: None,
         normalized_path: None,
-        wait_for_keys: None,
+        wait: None,
     };
     if let Some(stop) = guard::request_limits(&config.limits, req) {
         return refused(stop, edits);
@@ -240,7 +271,7 @@ pub fn decide(config: &Config, env: &mut Env<'_>, req: &Request<'_>) -> Decision
     let now = env.now_ns / 1_000_000_000;
     let mut decision = authenticate_and_authorize(config, env, index, route, req, now, edits);
     decision.client_ip = client;
-    if decision.wait_for_keys.is_some() {
+    if decision.wait.is_some() {
         return decision;
     }
     if decision.verdict == Verdict::Allow
@@ -296,7 +327,7 @@ fn authenticate_and_authorize(
         client_ip: None,
         body: None,
         normalized_path: None,
-        wait_for_keys: None,
+        wait: None,
     };
     if route.public {
         decision.edits = edits;
@@ -309,8 +340,14 @@ fn authenticate_and_authorize(
     let outcome = authenticate_route(config, env, route, req, now);
     let (identity, found) = match outcome {
         AuthOutcome::Verified { identity, found } => (identity, found),
-        AuthOutcome::WaitForKeys { provider } => {
-            let message = JwtError::KeysUnavailable.to_string();
+        AuthOutcome::Wait(wait) => {
+            let provider = match &wait {
+                Wait::Keys(p) | Wait::Introspection { provider: p, .. } => *p,
+            };
+            let message = match wait {
+                Wait::Keys(_) => JwtError::KeysUnavailable.to_string(),
+                Wait::Introspection { .. } => "the token could not be checked".to_owned(),
+            };
             decision.verdict = Verdict::Refuse(Refusal {
                 status: 401,
                 error: "invalid_token",
@@ -322,7 +359,17 @@ fn authenticate_and_authorize(
             });
             decision.reason = "invalid_token";
             decision.rule = provider_name(config, provider);
-            decision.wait_for_keys = Some(provider);
+            decision.wait = Some(wait);
+            strip_credentials(config, route, req, &mut edits);
+            decision.edits = edits;
+            return decision;
+        }
+        AuthOutcome::IntrospectionFailed { provider } => {
+            let mut stop = introspection_unavailable(config, provider);
+            stop.refusal.shadow = shadow;
+            decision.verdict = Verdict::Refuse(stop.refusal);
+            decision.reason = stop.reason;
+            decision.rule = provider_name(config, provider);
             strip_credentials(config, route, req, &mut edits);
             decision.edits = edits;
             return decision;
@@ -469,6 +516,38 @@ fn path_matches(rule: &PathMatch, path: &str, case_sensitive: bool) -> bool {
     }
 }
 
+/// The introspection endpoint failed or was late: 503 with `Retry-After` (or 401 when the
+/// provider is not `failure_mode_deny`).
+fn introspection_unavailable(config: &Config, provider: usize) -> Stop {
+    let deny = config
+        .providers
+        .get(provider)
+        .is_none_or(|p| match &p.kind {
+            ProviderKind::Jwt(jwt) => jwt
+                .introspection
+                .as_ref()
+                .is_none_or(|i| i.failure_mode_deny),
+            ProviderKind::ApiKey(_) => true,
+        });
+    if deny {
+        let mut stop = Stop::new(
+            503,
+            "introspection_unavailable",
+            "the token could not be checked; retry shortly".to_owned(),
+        );
+        stop.refusal.headers.push(("retry-after", "1".to_owned()));
+        stop
+    } else {
+        let mut stop = Stop::new(
+            401,
+            "invalid_token",
+            "the token could not be checked".to_owned(),
+        );
+        stop.reason = "introspection_unavailable";
+        stop
+    }
+}
+
 /// Where a verified credential was found, so it can be stripped.
 #[derive(Debug)]
 struct Found<'c> {
@@ -494,8 +573,10 @@ enum AuthOutcome<'c> {
     Failed {
         failures: Vec<Failure>,
     },
-    /// A provider that fetches its keys has none yet, or not the token's `kid`.
-    WaitForKeys {
+    /// A provider needs keys or an introspection answer first.
+    Wait(Wait),
+    /// The introspection endpoint failed or was late for this token.
+    IntrospectionFailed {
         provider: usize,
     },
 }
@@ -530,9 +611,26 @@ fn authenticate_route<'c>(
                 };
                 match verified {
                     Err(JwtError::KeysUnavailable | JwtError::UnknownKid) if !env.waited => {
-                        return AuthOutcome::WaitForKeys { provider: index };
+                        return AuthOutcome::Wait(Wait::Keys(index));
                     }
                     other => other.map(Credential::Jwt).map_err(Some),
+                }
+            }
+            (Some(token), ProviderKind::Jwt(jwt)) if jwt.introspection.is_some() => {
+                let key = (index, <[u8; 32]>::from(Sha256::digest(token.as_bytes())));
+                match env.introspected.get(&key, now) {
+                    Some(Introspected::Active(t)) => claims::check_times(jwt, t.exp, t.nbf, now)
+                        .map(|()| Credential::Jwt(Arc::clone(t)))
+                        .map_err(Some),
+                    Some(Introspected::Refused(e)) => Err(Some(e.clone())),
+                    None if !env.waited => {
+                        return AuthOutcome::Wait(Wait::Introspection {
+                            provider: index,
+                            token,
+                            key,
+                        });
+                    }
+                    None => return AuthOutcome::IntrospectionFailed { provider: index },
                 }
             }
             (Some(token), ProviderKind::Jwt(jwt)) => {

@@ -13,6 +13,7 @@ pub mod config;
 pub mod decision;
 pub mod guard;
 pub mod inspect;
+pub mod introspect;
 pub mod ipset;
 pub mod json_limits;
 pub mod jwks;

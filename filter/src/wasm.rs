@@ -13,10 +13,12 @@
 
 use crate::audit::{self, AuditRecord};
 use crate::burst::{SharedStore, StoreError};
+use crate::cache::CacheKey;
 use crate::cache::TokenCache;
-use crate::config::Config;
-use crate::decision::{self, BodyPlan, Decision, Env, HeaderEdit, Refusal, Verdict};
+use crate::config::{Config, ProviderKind};
+use crate::decision::{self, BodyPlan, Decision, Env, HeaderEdit, Refusal, Verdict, Wait};
 use crate::guard::{self, Stop};
+use crate::introspect::{self, IntrospectionCache};
 use crate::jwks::{Fetch, Refetch, RemoteKeys};
 use crate::ratelimit::{self, proto};
 use crate::reply;
@@ -53,11 +55,20 @@ struct Root {
 #[derive(Default)]
 struct Worker {
     keys: RemoteKeys,
+    /// Introspection answers.
+    introspected: IntrospectionCache,
     /// Requests paused until their provider's keys change or their wait ends.
     waiters: Vec<Waiter>,
-    /// Rate-limit calls the root sent for a stream it resumed (the SDK delivers their answers
-    /// to the root): token and stream.
-    calls: Vec<(u32, Weak<RefCell<Core>>)>,
+    /// Calls the root sent for a stream it resumed (the SDK delivers their answers to the
+    /// root): the call and the stream.
+    calls: Vec<(Callout, Weak<RefCell<Core>>)>,
+}
+
+/// A callout's token, by kind (HTTP and gRPC tokens may overlap).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Callout {
+    Http(u32),
+    Grpc(u32),
 }
 
 struct Waiter {
@@ -126,7 +137,7 @@ impl Root {
             ready.into_iter().map(|w: Waiter| w.core).collect()
         };
         for core in ready {
-            self.on_behalf(&core, |core| core.decide_again());
+            self.on_behalf(&core, |core| core.decide_again(true));
         }
     }
 
@@ -136,16 +147,36 @@ impl Root {
         let Some(core) = core.upgrade() else {
             return;
         };
-        let context_id = core.borrow().context_id;
-        if hostcalls::set_effective_context(context_id).is_ok() {
+        let (context_id, finished) = {
+            let c = core.borrow();
+            (c.context_id, c.finished)
+        };
+        // A stream that ended (the client left) must not be touched: Envoy keeps its id valid
+        // until the filter is deleted, but its callbacks are gone.
+        if !finished && hostcalls::set_effective_context(context_id).is_ok() {
             f(&mut core.borrow_mut());
         }
         let _ = hostcalls::set_effective_context(self.id);
     }
 }
 
+impl Root {
+    /// Takes the stream a callout of the root belongs to, if it is one of those.
+    fn callout_owner(&self, call: Callout) -> Option<Weak<RefCell<Core>>> {
+        let mut worker = self.worker.borrow_mut();
+        let i = worker.calls.iter().position(|(c, _)| *c == call)?;
+        Some(worker.calls.swap_remove(i).1)
+    }
+}
+
 impl Context for Root {
     fn on_http_call_response(&mut self, token: u32, _headers: usize, body: usize, _: usize) {
+        if let Some(core) = self.callout_owner(Callout::Http(token)) {
+            self.on_behalf(&core, |core| {
+                core.on_introspection_answer(token, body, true)
+            });
+            return;
+        }
         if !self.worker.borrow().keys.owns(token) {
             return;
         }
@@ -175,12 +206,8 @@ impl Context for Root {
     }
 
     fn on_grpc_call_response(&mut self, token: u32, status_code: u32, response_size: usize) {
-        let core = {
-            let mut worker = self.worker.borrow_mut();
-            let Some(i) = worker.calls.iter().position(|(t, _)| *t == token) else {
-                return;
-            };
-            worker.calls.swap_remove(i).1
+        let Some(core) = self.callout_owner(Callout::Grpc(token)) else {
+            return;
         };
         self.on_behalf(&core, |core| {
             core.on_rate_limit_answer(token, status_code, response_size);
@@ -200,12 +227,14 @@ impl RootContext for Root {
             Ok(config) => {
                 self.cache = Rc::new(RefCell::new(config.token_cache()));
                 let keys = RemoteKeys::new(&config);
+                keys.init_shared(&HostStore);
                 if !keys.is_empty() {
                     // The first tick fetches (or installs what another worker fetched).
                     let _ = hostcalls::set_tick_period(TICK);
                 }
                 self.worker = Rc::new(RefCell::new(Worker {
                     keys,
+                    introspected: IntrospectionCache::new(config.token_cache_entries),
                     ..Worker::default()
                 }));
                 log_info(&format!(
@@ -251,8 +280,10 @@ impl RootContext for Root {
                 body: None,
                 body_bytes: 0,
                 rate_limit_call: None,
+                introspection_call: None,
                 rate_limit: None,
                 response_headers: Vec::new(),
+                finished: false,
             })
         });
         Some(Box::new(Stream { core }))
@@ -303,10 +334,14 @@ struct Core {
     body_bytes: u64,
     /// The token of the rate-limit call the request waits for.
     rate_limit_call: Option<u32>,
+    /// The introspection call the request waits for: token, provider, and the answer's key.
+    introspection_call: Option<(u32, usize, CacheKey)>,
     /// The rate-limit service's answer, for the audit line.
     rate_limit: Option<&'static str>,
     /// Headers for the response (`RateLimit-Policy`, `RateLimit`).
     response_headers: Vec<(&'static str, String)>,
+    /// The stream is done (`on_done`): nothing may act on it any more.
+    finished: bool,
 }
 
 /// Whether the request goes on now.
@@ -317,6 +352,17 @@ enum Flow {
 }
 
 impl Context for Stream {
+    fn on_done(&mut self) -> bool {
+        self.core.borrow_mut().finished = true;
+        true
+    }
+
+    fn on_http_call_response(&mut self, token: u32, _headers: usize, body: usize, _: usize) {
+        self.core
+            .borrow_mut()
+            .on_introspection_answer(token, body, false);
+    }
+
     fn on_grpc_call_response(&mut self, token: u32, status_code: u32, response_size: usize) {
         self.core
             .borrow_mut()
@@ -405,6 +451,7 @@ impl Core {
                 peer: held.peer,
                 end_of_stream: held.end_of_stream,
                 remote_keys: &worker.keys,
+                introspected: &worker.introspected,
                 waited,
             };
             decision::decide(&config, &mut env, &req)
@@ -412,10 +459,17 @@ impl Core {
         let latency_us = held
             .latency_us
             .saturating_add(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
-        if let Some(provider) = decision.wait_for_keys {
-            let parked = self.park(provider, now);
+        if let Some(wait) = decision.wait {
+            let waiting = match wait {
+                Wait::Keys(provider) => self.park(provider, now),
+                Wait::Introspection {
+                    provider,
+                    token,
+                    key,
+                } => self.introspect(&config, provider, &token, key, from_root),
+            };
             self.held = Some(Held { latency_us, ..held });
-            if parked {
+            if waiting {
                 return Flow::Pause;
             }
             return self.decide(true, from_root);
@@ -482,15 +536,106 @@ impl Core {
         true
     }
 
-    /// Called by the root when the keys this request waits for changed, or its wait ended.
-    fn decide_again(&mut self) {
-        if self.decide(true, true) == Flow::Continue {
+    /// Asks the provider's introspection endpoint about the token; `false` if the call could
+    /// not be made (the request is then decided as if the endpoint failed).
+    fn introspect(
+        &mut self,
+        config: &Config,
+        provider: usize,
+        token: &str,
+        key: CacheKey,
+        from_root: bool,
+    ) -> bool {
+        let Some(endpoint) = config.providers.get(provider).and_then(|p| match &p.kind {
+            ProviderKind::Jwt(jwt) => jwt.introspection.as_deref(),
+            ProviderKind::ApiKey(_) => None,
+        }) else {
+            return false;
+        };
+        let (headers, body) = introspect::call(endpoint, token);
+        let sent = hostcalls::dispatch_http_call(
+            &endpoint.cluster,
+            headers,
+            Some(&body),
+            vec![],
+            Duration::from_millis(endpoint.timeout_ms),
+        );
+        match sent {
+            Ok(call) => {
+                self.introspection_call = Some((call, provider, key));
+                if from_root {
+                    self.worker
+                        .borrow_mut()
+                        .calls
+                        .push((Callout::Http(call), self.me.clone()));
+                }
+                true
+            }
+            Err(status) => {
+                log_warn(&format!(
+                    "portcullis: provider {}: cannot call the introspection endpoint through cluster {:?}: {status:?}",
+                    config
+                        .providers
+                        .get(provider)
+                        .map_or("", |p| p.name.as_str()),
+                    endpoint.cluster
+                ));
+                false
+            }
+        }
+    }
+
+    /// The introspection endpoint answered (or failed): keep the answer, decide again.
+    fn on_introspection_answer(&mut self, call: u32, body_size: usize, from_root: bool) {
+        let Some((token, provider, key)) = self.introspection_call else {
+            return;
+        };
+        if token != call {
+            return;
+        }
+        self.introspection_call = None;
+        let Some(config) = self.config.clone() else {
+            return;
+        };
+        let Some((p, jwt, endpoint)) = config.providers.get(provider).and_then(|p| match &p.kind {
+            ProviderKind::Jwt(jwt) => Some((p, jwt, jwt.introspection.as_deref()?)),
+            ProviderKind::ApiKey(_) => None,
+        }) else {
+            return;
+        };
+        let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
+            .ok()
+            .flatten()
+            .and_then(|s| std::str::from_utf8(&s).ok()?.parse().ok());
+        let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let now = now_ns() / 1_000_000_000;
+        match introspect::read_answer(jwt, endpoint, status, &body, now) {
+            Ok((answer, until)) => self
+                .worker
+                .borrow_mut()
+                .introspected
+                .insert(key, answer, until),
+            Err(why) => log_warn(&format!("portcullis: provider {}: {why}", p.name)),
+        }
+        self.decide_again(from_root);
+    }
+
+    /// Decides the request again after it waited (keys changed, the wait ended, an
+    /// introspection answer came), and lets it go on if it passes.
+    fn decide_again(&mut self, from_root: bool) {
+        if self.finished {
+            return;
+        }
+        if self.decide(true, from_root) == Flow::Continue {
             let _ = hostcalls::resume_http_request();
         }
     }
 
     fn on_rate_limit_answer(&mut self, token: u32, status_code: u32, response_size: usize) {
-        if self.rate_limit_call != Some(token) {
+        if self.rate_limit_call != Some(token) || self.finished {
             return;
         }
         self.rate_limit_call = None;
@@ -698,7 +843,7 @@ impl Core {
                     self.worker
                         .borrow_mut()
                         .calls
-                        .push((token, self.me.clone()));
+                        .push((Callout::Grpc(token), self.me.clone()));
                 }
                 Ask::Wait
             }

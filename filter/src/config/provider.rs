@@ -59,6 +59,8 @@ pub struct JwtProvider {
     pub keys: KeySet,
     /// Where the keys are fetched from, instead of `local_jwks`.
     pub remote: Option<Box<RemoteJwks>>,
+    /// For `type: introspection`: the endpoint that vouches for opaque tokens, instead of keys.
+    pub introspection: Option<Box<Introspection>>,
     /// Where the token is looked for, in order.
     pub sources: Vec<TokenSource>,
     /// Keep the token in the request sent upstream.
@@ -101,6 +103,59 @@ pub struct RemoteJwks {
     /// The longest back-off.
     pub retry_max_ms: u64,
 }
+
+/// OAuth 2.0 token introspection (RFC 7662) for opaque tokens.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Introspection {
+    /// Envoy cluster of the endpoint.
+    pub cluster: String,
+    /// `:authority`.
+    pub authority: String,
+    /// `:path`.
+    pub path: String,
+    /// Deadline of one call.
+    pub timeout_ms: u64,
+    /// `client_id`, sent in the body with `client_secret_post`.
+    pub client_id: String,
+    /// The client's credentials as the call sends them: the `authorization` header value
+    /// (`client_secret_basic`) or the form fields (`client_secret_post`). Never logged.
+    pub credentials: ClientCredentials,
+    /// Longest time an active answer is reused (it is also never reused past its `exp`).
+    pub cache_ttl_seconds: u64,
+    /// How long an inactive or refused answer is reused.
+    pub negative_cache_ttl_seconds: u64,
+    /// The endpoint failed or was late: 503 with `Retry-After` (true), or 401.
+    pub failure_mode_deny: bool,
+}
+
+/// How the client authenticates to the introspection endpoint (RFC 6749 §2.3.1).
+#[derive(Clone, PartialEq, Eq)]
+pub enum ClientCredentials {
+    /// `authorization: Basic …`, prepared at configure time.
+    Basic(String),
+    /// `&client_id=…&client_secret=…`, form-encoded, appended to the body.
+    Post(String),
+}
+
+impl std::fmt::Debug for Introspection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The credentials stay out of every log and panic message.
+        f.debug_struct("Introspection")
+            .field("cluster", &self.cluster)
+            .field("authority", &self.authority)
+            .field("path", &self.path)
+            .field("client_id", &self.client_id)
+            .field("credentials", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+/// Defaults of `introspection`.
+pub const DEFAULT_INTROSPECTION_TIMEOUT_MS: u64 = 2_000;
+/// See [`DEFAULT_INTROSPECTION_TIMEOUT_MS`].
+pub const DEFAULT_INTROSPECTION_TTL_SECONDS: u64 = 300;
+/// See [`DEFAULT_INTROSPECTION_TIMEOUT_MS`].
+pub const DEFAULT_INTROSPECTION_NEGATIVE_TTL_SECONDS: u64 = 10;
 
 /// Defaults of `remote_jwks` (Envoy's jwt_authn caches a JWKS for 5 minutes by default).
 pub const DEFAULT_JWKS_TIMEOUT_MS: u64 = 5_000;
@@ -183,11 +238,14 @@ fn read_provider(cx: &mut Ctx, name: &str, v: &Value, path: &str) -> Option<Prov
     let shadow = o.bool(cx, "shadow", false);
     let kind = match kind_name {
         "jwt" => read_jwt(cx, &mut o).map(ProviderKind::Jwt),
+        "introspection" => read_introspection(cx, &mut o).map(ProviderKind::Jwt),
         "api_key" => read_api_key(cx, &mut o).map(ProviderKind::ApiKey),
         other => {
             cx.error(
                 &o.field_path("type"),
-                format!("unknown provider type {other:?} (expected \"jwt\" or \"api_key\")"),
+                format!(
+                    "unknown provider type {other:?} (expected \"jwt\", \"introspection\" or \"api_key\")"
+                ),
             );
             None
         }
@@ -200,13 +258,19 @@ fn read_provider(cx: &mut Ctx, name: &str, v: &Value, path: &str) -> Option<Prov
     })
 }
 
+/// An OAuth 2.0 introspection provider (RFC 7662): the fields of a JWT provider that apply to
+/// the claims an introspection answer carries, and the endpoint instead of keys.
+fn read_introspection(cx: &mut Ctx, o: &mut Obj<'_>) -> Option<JwtProvider> {
+    let introspection = o
+        .required(cx, "introspection")
+        .and_then(|v| read_introspection_endpoint(cx, v, &o.field_path("introspection")));
+    let mut provider = read_token_fields(cx, o, false)?;
+    provider.introspection = Some(Box::new(introspection?));
+    Some(provider)
+}
+
 fn read_jwt(cx: &mut Ctx, o: &mut Obj<'_>) -> Option<JwtProvider> {
-    let issuer = o.non_empty_str(cx, "issuer").map(str::to_owned);
-    let audiences = o
-        .str_list(cx, "audiences")
-        .into_iter()
-        .map(str::to_owned)
-        .collect();
+    let mut provider = read_token_fields(cx, o, true)?;
     let discovery = o.bool(cx, "discovery", false);
     let remote = o.get("remote_jwks").and_then(|v| {
         read_remote_jwks(
@@ -214,7 +278,7 @@ fn read_jwt(cx: &mut Ctx, o: &mut Obj<'_>) -> Option<JwtProvider> {
             v,
             &o.field_path("remote_jwks"),
             discovery,
-            issuer.as_deref(),
+            provider.issuer.as_deref(),
         )
     });
     if discovery && !o.has("remote_jwks") {
@@ -223,7 +287,7 @@ fn read_jwt(cx: &mut Ctx, o: &mut Obj<'_>) -> Option<JwtProvider> {
             "needs remote_jwks (at least its http_uri.cluster) to reach the issuer",
         );
     }
-    let keys = match o.get("local_jwks") {
+    provider.keys = match o.get("local_jwks") {
         Some(_) if o.has("remote_jwks") => {
             cx.error(
                 &o.field_path("local_jwks"),
@@ -249,6 +313,22 @@ fn read_jwt(cx: &mut Ctx, o: &mut Obj<'_>) -> Option<JwtProvider> {
             keys
         }
     };
+    provider.remote = remote;
+    Some(provider)
+}
+
+/// What JWT and introspection providers share: where the token is, and the claim checks.
+fn read_token_fields(
+    cx: &mut Ctx,
+    o: &mut Obj<'_>,
+    require_expiration_default: bool,
+) -> Option<JwtProvider> {
+    let issuer = o.non_empty_str(cx, "issuer").map(str::to_owned);
+    let audiences = o
+        .str_list(cx, "audiences")
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
     let mut sources = read_header_sources(cx, o);
     sources.extend(read_named_sources(cx, o, "from_params", TokenSource::Param));
     sources.extend(read_named_sources(
@@ -275,7 +355,7 @@ fn read_jwt(cx: &mut Ctx, o: &mut Obj<'_>) -> Option<JwtProvider> {
     let clock_skew_seconds = o
         .u64(cx, "clock_skew_seconds", 3600)
         .unwrap_or(DEFAULT_CLOCK_SKEW_SECONDS);
-    let require_expiration = o.bool(cx, "require_expiration", true);
+    let require_expiration = o.bool(cx, "require_expiration", require_expiration_default);
     let max_lifetime_seconds = o.u64(cx, "max_lifetime_seconds", MAX_SECONDS);
     if max_lifetime_seconds == Some(0) {
         cx.error(&o.field_path("max_lifetime_seconds"), "must be at least 1");
@@ -288,8 +368,9 @@ fn read_jwt(cx: &mut Ctx, o: &mut Obj<'_>) -> Option<JwtProvider> {
     Some(JwtProvider {
         issuer,
         audiences,
-        keys,
-        remote,
+        keys: KeySet::default(),
+        remote: None,
+        introspection: None,
         sources,
         forward,
         forward_payload_header,
@@ -311,9 +392,16 @@ fn read_remote_jwks(
     issuer: Option<&str>,
 ) -> Option<Box<RemoteJwks>> {
     let mut o = Obj::new(cx, v, path)?;
-    let http = o
-        .required(cx, "http_uri")
-        .and_then(|v| read_http_uri(cx, v, &o.field_path("http_uri"), discovery, issuer));
+    let http = o.required(cx, "http_uri").and_then(|v| {
+        read_http_uri(
+            cx,
+            v,
+            &o.field_path("http_uri"),
+            discovery,
+            issuer,
+            DEFAULT_JWKS_TIMEOUT_MS,
+        )
+    });
     let cache_duration_seconds = o
         .u64(cx, "cache_duration_seconds", MAX_SECONDS)
         .unwrap_or(DEFAULT_JWKS_CACHE_SECONDS);
@@ -362,6 +450,90 @@ fn read_remote_jwks(
     }))
 }
 
+/// `introspection: {http_uri, client_id, client_secret, auth_method, cache_ttl_seconds, …}`.
+fn read_introspection_endpoint(cx: &mut Ctx, v: &Value, path: &str) -> Option<Introspection> {
+    let mut o = Obj::new(cx, v, path)?;
+    let http = o.required(cx, "http_uri").and_then(|v| {
+        read_http_uri(
+            cx,
+            v,
+            &o.field_path("http_uri"),
+            false,
+            None,
+            DEFAULT_INTROSPECTION_TIMEOUT_MS,
+        )
+    });
+    let client_id = o.required_str(cx, "client_id").map(str::to_owned);
+    let secret = o.required_str(cx, "client_secret").map(str::to_owned);
+    for (key, value) in [("client_id", &client_id), ("client_secret", &secret)] {
+        if value.as_deref() == Some("") {
+            cx.error(&o.field_path(key), "must not be empty");
+        }
+    }
+    let basic = match o.str(cx, "auth_method").unwrap_or("client_secret_basic") {
+        "client_secret_basic" => true,
+        "client_secret_post" => false,
+        other => {
+            cx.error(
+                &o.field_path("auth_method"),
+                format!("{other:?}: expected client_secret_basic or client_secret_post"),
+            );
+            true
+        }
+    };
+    let cache_ttl_seconds = o
+        .u64(cx, "cache_ttl_seconds", 86_400)
+        .unwrap_or(DEFAULT_INTROSPECTION_TTL_SECONDS);
+    let negative_cache_ttl_seconds = o
+        .u64(cx, "negative_cache_ttl_seconds", 3_600)
+        .unwrap_or(DEFAULT_INTROSPECTION_NEGATIVE_TTL_SECONDS);
+    let failure_mode_deny = o.bool(cx, "failure_mode_deny", true);
+    o.finish(cx);
+    let (cluster, authority, path, timeout_ms) = http?;
+    let (client_id, secret) = (client_id?, secret?);
+    let credentials = if basic {
+        use base64::Engine as _;
+        let pair = format!("{}:{}", form_encode(&client_id), form_encode(&secret));
+        ClientCredentials::Basic(format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(pair)
+        ))
+    } else {
+        ClientCredentials::Post(format!(
+            "&client_id={}&client_secret={}",
+            form_encode(&client_id),
+            form_encode(&secret)
+        ))
+    };
+    Some(Introspection {
+        cluster,
+        authority,
+        path,
+        timeout_ms,
+        client_id,
+        credentials,
+        cache_ttl_seconds,
+        negative_cache_ttl_seconds,
+        failure_mode_deny,
+    })
+}
+
+/// `application/x-www-form-urlencoded` (the WHATWG serializer: unreserved bytes kept, space as
+/// `+`, everything else `%XX`).
+pub fn form_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'*' | b'-' | b'.' | b'_' => {
+                out.push(char::from(b));
+            }
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
 /// Envoy's `HttpUri`: `{uri, cluster, timeout_ms}` → (cluster, authority, path, timeout).
 fn read_http_uri(
     cx: &mut Ctx,
@@ -369,6 +541,7 @@ fn read_http_uri(
     path: &str,
     discovery: bool,
     issuer: Option<&str>,
+    default_timeout_ms: u64,
 ) -> Option<(String, String, String, u64)> {
     let mut o = Obj::new(cx, v, path)?;
     let cluster = o.non_empty_str(cx, "cluster").map(str::to_owned);
@@ -377,7 +550,7 @@ fn read_http_uri(
     }
     let timeout_ms = o
         .u64(cx, "timeout_ms", 60_000)
-        .unwrap_or(DEFAULT_JWKS_TIMEOUT_MS);
+        .unwrap_or(default_timeout_ms);
     if timeout_ms == 0 {
         cx.error(&o.field_path("timeout_ms"), "must be at least 1");
     }

@@ -120,6 +120,19 @@ impl RemoteKeys {
         RemoteKeys { entries }
     }
 
+    /// Creates each provider's fetch lease, free, where it does not exist yet. Shared data has
+    /// no "create if absent": a lease taken while its key was missing could be taken twice, so
+    /// [`Self::poll`] only takes existing leases, with CAS. Called when the configuration is
+    /// loaded, before the first tick.
+    pub fn init_shared(&self, store: &dyn SharedStore) {
+        for e in &self.entries {
+            let key = format!("{}.lease", e.key);
+            if store.get(&key).is_none() {
+                let _ = store.set(&key, lease_value(0, 0).as_bytes(), None);
+            }
+        }
+    }
+
     /// Whether any provider fetches its keys.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
@@ -325,20 +338,20 @@ impl Entry {
             .is_some_and(|(v, _)| hex_u64(&v, 0) > self.fetched_at_ns)
     }
 
-    /// Takes the fetch lease when nobody holds it and no back-off runs.
+    /// Takes the fetch lease when nobody holds it and no back-off runs (with CAS, so one
+    /// worker wins; a missing lease is created free and taken on a later tick).
     fn take_lease(&self, store: &dyn SharedStore, now_ns: u64) -> bool {
         let key = format!("{}.lease", self.key);
-        let current = store.get(&key);
-        let (until, failures) = current
-            .as_ref()
-            .map_or((0, 0), |(v, _)| (hex_u64(v, 0), hex_u64(v, 16)));
+        let Some((current, cas)) = store.get(&key) else {
+            let _ = store.set(&key, lease_value(0, 0).as_bytes(), None);
+            return false;
+        };
+        let (until, failures) = (hex_u64(&current, 0), hex_u64(&current, 16));
         if now_ns < until {
             return false;
         }
         let value = lease_value(now_ns.saturating_add(self.lease_ns()), failures);
-        store
-            .set(&key, value.as_bytes(), current.map(|(_, cas)| cas))
-            .is_ok()
+        store.set(&key, value.as_bytes(), Some(cas)).is_ok()
     }
 
     fn extend_lease(&self, store: &dyn SharedStore, now_ns: u64) {

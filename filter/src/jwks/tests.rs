@@ -33,6 +33,8 @@ fn one_worker_fetches_and_every_worker_installs_the_set() {
     let config = direct();
     let store = MemoryStore::default();
     let (mut a, mut b) = (RemoteKeys::new(&config), RemoteKeys::new(&config));
+    a.init_shared(&store);
+    b.init_shared(&store);
     let now = 1_000 * SECOND;
 
     let (changed, fetches) = a.poll(&store, now);
@@ -74,6 +76,8 @@ fn failures_back_off_for_every_worker_and_keep_the_last_good_set() {
     let config = direct();
     let store = MemoryStore::default();
     let (mut a, mut b) = (RemoteKeys::new(&config), RemoteKeys::new(&config));
+    a.init_shared(&store);
+    b.init_shared(&store);
     let now = 1_000 * SECOND;
     let (_, f) = a.poll(&store, now);
     a.started(&f[0], 1);
@@ -121,6 +125,8 @@ fn unknown_kid_refetches_are_throttled_across_workers() {
     let config = direct();
     let store = MemoryStore::default();
     let (mut a, mut b) = (RemoteKeys::new(&config), RemoteKeys::new(&config));
+    a.init_shared(&store);
+    b.init_shared(&store);
     let now = 1_000 * SECOND;
     let (_, f) = a.poll(&store, now);
     a.started(&f[0], 1);
@@ -160,6 +166,7 @@ fn discovery_finds_the_jwks_and_checks_the_issuer() {
     let config = Config::from_json(doc.to_string().as_bytes()).unwrap();
     let store = MemoryStore::default();
     let mut keys = RemoteKeys::new(&config);
+    keys.init_shared(&store);
     let now = 1_000 * SECOND;
     let (_, f) = keys.poll(&store, now);
     assert_eq!(f[0].authority, "id.example.com");
@@ -192,4 +199,14 @@ fn discovery_finds_the_jwks_and_checks_the_issuer() {
             .changed,
         Some(0)
     );
+}
+
+#[test]
+fn a_missing_lease_is_created_free_and_taken_later() {
+    let config = direct();
+    let store = MemoryStore::default();
+    let mut a = RemoteKeys::new(&config);
+    let now = 1_000 * SECOND;
+    assert!(a.poll(&store, now).1.is_empty());
+    assert_eq!(a.poll(&store, now).1.len(), 1);
 }

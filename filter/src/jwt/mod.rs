@@ -35,6 +35,9 @@ pub enum JwtError {
     /// No configured key has the token's `kid` (or, without `kid`, none fits its `alg`).
     #[error("no key matches the token")]
     UnknownKid,
+    /// The introspection endpoint says the token is not active (RFC 7662 `active: false`).
+    #[error("token is not active")]
+    Inactive,
     /// The provider fetches its keys and has none yet (or could not fetch them in time).
     #[error("the issuer's signing keys are not available")]
     KeysUnavailable,
