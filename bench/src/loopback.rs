@@ -41,6 +41,9 @@ pub struct Stack {
     pub listeners: Vec<SocketAddr>,
 }
 
+/// A cluster the filter calls: its name and address.
+pub type Upstream<'n> = (&'n str, SocketAddr);
+
 /// A listener of the host: with the filter configured by `filter`, or with the router alone.
 pub struct Listener {
     /// Stat prefix.
@@ -49,13 +52,14 @@ pub struct Listener {
     pub filter: Option<Value>,
 }
 
-/// Starts the echo service and the host with `listeners` (all routing to the echo service) and
-/// the HTTP/2 `grpc_clusters` (name, address) the filter may call, and waits until the host
-/// answers.
+/// Starts the echo service and the host with `listeners` (all routing to the echo service),
+/// the HTTP/2 `grpc_clusters` and the HTTP/1.1 `http_clusters` (name, address) the filter may
+/// call, and waits until the host answers.
 pub fn start(
     root: &Path,
     listeners: &[Listener],
-    grpc_clusters: &[(&str, SocketAddr)],
+    grpc_clusters: &[Upstream<'_>],
+    http_clusters: &[Upstream<'_>],
 ) -> Result<Stack> {
     let echo = EchoServer::start(TcpListener::bind("127.0.0.1:0")?, "svc", None)?;
     let admin = free_port()?;
@@ -65,7 +69,14 @@ pub fn start(
         .collect::<Result<Vec<u16>>>()?;
     let wasm = root.join("target/wasm32-wasip1/release/portcullis.wasm");
     let dir = TempDir::new("host")?;
-    let yaml = bootstrap(echo.addr(), listeners, &ports, grpc_clusters, admin, &wasm);
+    let yaml = bootstrap(
+        echo.addr(),
+        listeners,
+        &ports,
+        (grpc_clusters, http_clusters),
+        admin,
+        &wasm,
+    );
     let path = dir.0.join("envoy.yaml");
     std::fs::write(&path, yaml)?;
     let opts = Options {
@@ -171,7 +182,7 @@ fn bootstrap(
     echo: SocketAddr,
     listeners: &[Listener],
     ports: &[u16],
-    grpc_clusters: &[(&str, SocketAddr)],
+    (grpc_clusters, http_clusters): (&[Upstream<'_>], &[Upstream<'_>]),
     admin: u16,
     wasm: &Path,
 ) -> String {
@@ -241,6 +252,9 @@ fn bootstrap(
             }
         });
         clusters.push(c);
+    }
+    for (name, addr) in http_clusters {
+        clusters.push(cluster(name, *addr));
     }
     let doc = json!({
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},

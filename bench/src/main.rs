@@ -134,6 +134,23 @@ fn loopback_figures(root: &Path, auth: &[Scenario]) -> Result<()> {
         ]}]);
         Some(config)
     };
+    // Opaque tokens checked by an introspection endpoint: on every request (answers not
+    // reused), and reused.
+    let now_s = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let answer = json!({"active": true, "sub": "bench", "scope": "orders:read",
+                        "exp": now_s + 3600, "client_id": "bench"});
+    let introspection = processes::introspection_endpoint(&answer.to_string())?;
+    let opaque = |ttl: u64| {
+        let mut config = filter_config.clone();
+        config["providers"]["opaque"] = json!({
+            "type": "introspection",
+            "introspection": {"http_uri": {"uri": "http://idp/introspect", "cluster": "introspection"},
+                              "client_id": "bench", "client_secret": "bench-secret",
+                              "cache_ttl_seconds": ttl}
+        });
+        config["routes"][0]["requires"] = json!(["opaque"]);
+        Some(config)
+    };
     let stack = loopback::start(
         root,
         &[
@@ -153,14 +170,23 @@ fn loopback_figures(root: &Path, auth: &[Scenario]) -> Result<()> {
                 name: "rls_redis",
                 filter: limited("rls_redis"),
             },
+            loopback::Listener {
+                name: "introspect_every",
+                filter: opaque(0),
+            },
+            loopback::Listener {
+                name: "introspect_cached",
+                filter: opaque(300),
+            },
         ],
         &[
             ("rls_memory", rls_memory.grpc),
             ("rls_redis", rls_redis.grpc),
         ],
+        &[("introspection", introspection)],
     )?;
-    let [plain, filtered, memory, redis_limited] = stack.listeners[..] else {
-        bail!("the host has {} listeners, not 4", stack.listeners.len());
+    let [plain, filtered, memory, redis_limited, every, reused] = stack.listeners[..] else {
+        bail!("the host has {} listeners, not 6", stack.listeners.len());
     };
     let common = vec![
         ("user-agent".to_owned(), "portcullis-bench".to_owned()),
@@ -219,6 +245,16 @@ fn loopback_figures(root: &Path, auth: &[Scenario]) -> Result<()> {
             "API key + rate-limit call (Redis)",
             redis_limited,
             with("x-api-key", API_KEY),
+        )),
+        alone(target(
+            "opaque token, introspected every request",
+            every,
+            with("authorization", "Bearer opaque-bench-token"),
+        )),
+        alone(target(
+            "opaque token, answer reused",
+            reused,
+            with("authorization", "Bearer opaque-bench-token"),
         )),
     ])
 }
@@ -311,11 +347,11 @@ fn auth_scenarios(root: &Path, now: u64) -> Result<Vec<Scenario>> {
         }
         .with_kid(kid);
         let token = signer.sign(&claims)?;
-        for cached in [false, true] {
+        for cache in [Cache::Off, Cache::Shared, Cache::Worker] {
             out.push(Scenario {
-                name: format!("{name} {}", if cached { "cached" } else { "uncached" }),
+                name: format!("{name} {}", cache.label()),
                 setup: decide_setup(
-                    jwt_config(&key, cached),
+                    jwt_config(&key, cache),
                     request(&[("authorization", &format!("Bearer {token}"))]),
                     now,
                     None,
@@ -542,9 +578,36 @@ fn ip_lookup(engine: &Engine, module: &Module) -> Result<()> {
     Ok(())
 }
 
-fn jwt_config(key: &Value, cached: bool) -> Value {
+/// Where a verified token is found again.
+#[derive(Clone, Copy)]
+enum Cache {
+    /// Nowhere: every request verifies the signature.
+    Off,
+    /// Only in the cache shared by the workers: what a worker pays for a token another
+    /// worker verified (its own cache is off here, so every request reads the shared one).
+    Shared,
+    /// In the worker's own cache.
+    Worker,
+}
+
+impl Cache {
+    fn label(self) -> &'static str {
+        match self {
+            Cache::Off => "uncached",
+            Cache::Shared => "cross-worker hit",
+            Cache::Worker => "cached",
+        }
+    }
+}
+
+fn jwt_config(key: &Value, cache: Cache) -> Value {
+    let (entries, slots) = match cache {
+        Cache::Off => (0, 0),
+        Cache::Shared => (0, 4096),
+        Cache::Worker => (1024, 0),
+    };
     json!({
-        "verified_token_cache": {"max_entries": if cached { 1024 } else { 0 }},
+        "verified_token_cache": {"max_entries": entries, "shared_slots": slots},
         "providers": {"idp": {
             "issuer": ISSUER, "audiences": ["bench"], "local_jwks": {"keys": [key]},
             "claim_to_headers": [{"header_name": "x-tenant", "claim_name": "tenant"}]

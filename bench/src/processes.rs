@@ -102,3 +102,54 @@ impl RateLimitService {
         Ok(service)
     }
 }
+
+/// A minimal OAuth 2.0 introspection endpoint (RFC 7662) on a loopback port: every POST gets
+/// the same active answer, on keep-alive HTTP/1.1 connections (a thread each). Stops with the
+/// process.
+pub fn introspection_endpoint(answer: &str) -> Result<SocketAddr> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let response = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}",
+        answer.len()
+    );
+    std::thread::Builder::new()
+        .name("introspection".into())
+        .spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let response = response.clone();
+                let _ = std::thread::Builder::new().spawn(move || {
+                    let _ = stream.set_nodelay(true);
+                    let Ok(mut writer) = stream.try_clone() else {
+                        return;
+                    };
+                    let mut reader = BufReader::new(stream);
+                    loop {
+                        let mut length = 0usize;
+                        let mut line = String::new();
+                        loop {
+                            line.clear();
+                            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            let lower = line.to_ascii_lowercase();
+                            if let Some(v) = lower.strip_prefix("content-length:") {
+                                length = v.trim().parse().unwrap_or(0);
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                        }
+                        let mut body = vec![0u8; length];
+                        if reader.read_exact(&mut body).is_err()
+                            || writer.write_all(response.as_bytes()).is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        })?;
+    Ok(addr)
+}

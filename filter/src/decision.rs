@@ -13,7 +13,7 @@ use crate::config::{
 };
 use crate::guard;
 pub use crate::guard::{BodyKind, BodyPlan, Stop};
-use crate::introspect::{Introspected, IntrospectionCache};
+use crate::introspect::{self, Introspected, IntrospectionCache};
 use crate::jwks::RemoteKeys;
 use crate::jwt::JwtError;
 use crate::jwt::authenticate::authenticate;
@@ -21,6 +21,7 @@ use crate::jwt::claims;
 use crate::jwt::claims::VerifiedToken;
 use crate::path;
 use crate::request::{Request, is_safe_header_value, without_cookie, without_query_param};
+use crate::shared_cache::{EntryId, Kind, SharedTokens};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::net::IpAddr;
@@ -200,7 +201,7 @@ pub struct Env<'w> {
     /// Keys fetched for `remote_jwks` providers.
     pub remote_keys: &'w RemoteKeys,
     /// The worker's introspection answers.
-    pub introspected: &'w IntrospectionCache,
+    pub introspected: &'w mut IntrospectionCache,
     /// This request already waited for keys: decide without waiting again, and do not count
     /// it in the burst guard twice.
     pub waited: bool,
@@ -516,6 +517,27 @@ fn path_matches(rule: &PathMatch, path: &str, case_sensitive: bool) -> bool {
     }
 }
 
+/// An introspection answer another worker received, kept in this worker's cache too.
+fn shared_answer(
+    env: &mut Env<'_>,
+    shared: Option<&SharedTokens<'_>>,
+    jwt: &crate::config::JwtProvider,
+    key: CacheKey,
+    now: u64,
+) -> Option<Introspected> {
+    let endpoint = jwt.introspection.as_deref()?;
+    let id = EntryId {
+        provider: key.0,
+        hash: &key.1,
+        stamp: 0,
+        kind: Kind::Introspection,
+    };
+    let (until, body) = shared?.get(id, now)?;
+    let (answer, _) = introspect::read_answer(jwt, endpoint, Some(200), &body, now).ok()?;
+    env.introspected.insert(key, answer.clone(), until);
+    Some(answer)
+}
+
 /// The introspection endpoint failed or was late: 503 with `Retry-After` (or 401 when the
 /// provider is not `failure_mode_deny`).
 fn introspection_unavailable(config: &Config, provider: usize) -> Stop {
@@ -590,6 +612,7 @@ fn authenticate_route<'c>(
     now: u64,
 ) -> AuthOutcome<'c> {
     let mut failures = Vec::new();
+    let shared = SharedTokens::new(env.store, config);
     for &index in &route.deciding {
         let Some(provider) = config.providers.get(index) else {
             continue;
@@ -606,7 +629,11 @@ fn authenticate_route<'c>(
             ))),
             (Some(token), ProviderKind::Jwt(jwt)) if jwt.remote.is_some() => {
                 let verified = match env.remote_keys.keys(index) {
-                    Some(keys) => authenticate(index, jwt, &keys, &token, now, env.cache),
+                    Some(keys) => {
+                        let stamp = env.remote_keys.version(index);
+                        let shared = shared.as_ref().map(|s| (s, stamp));
+                        authenticate(index, jwt, &keys, &token, now, env.cache, shared)
+                    }
                     None => Err(JwtError::KeysUnavailable),
                 };
                 match verified {
@@ -618,11 +645,16 @@ fn authenticate_route<'c>(
             }
             (Some(token), ProviderKind::Jwt(jwt)) if jwt.introspection.is_some() => {
                 let key = (index, <[u8; 32]>::from(Sha256::digest(token.as_bytes())));
-                match env.introspected.get(&key, now) {
+                let answer = env
+                    .introspected
+                    .get(&key, now)
+                    .cloned()
+                    .or_else(|| shared_answer(env, shared.as_ref(), jwt, key, now));
+                match answer {
                     Some(Introspected::Active(t)) => claims::check_times(jwt, t.exp, t.nbf, now)
-                        .map(|()| Credential::Jwt(Arc::clone(t)))
+                        .map(|()| Credential::Jwt(t))
                         .map_err(Some),
-                    Some(Introspected::Refused(e)) => Err(Some(e.clone())),
+                    Some(Introspected::Refused(e)) => Err(Some(e)),
                     None if !env.waited => {
                         return AuthOutcome::Wait(Wait::Introspection {
                             provider: index,
@@ -634,7 +666,8 @@ fn authenticate_route<'c>(
                 }
             }
             (Some(token), ProviderKind::Jwt(jwt)) => {
-                authenticate(index, jwt, &jwt.keys, &token, now, env.cache)
+                let shared = shared.as_ref().map(|s| (s, 0));
+                authenticate(index, jwt, &jwt.keys, &token, now, env.cache, shared)
                     .map(Credential::Jwt)
                     .map_err(Some)
             }

@@ -25,6 +25,7 @@ pub mod ratelimit;
 pub mod reply;
 pub mod request;
 pub mod schema;
+pub mod shared_cache;
 
 #[cfg(all(target_arch = "wasm32", feature = "proxy-wasm-glue"))]
 mod wasm;

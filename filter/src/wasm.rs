@@ -23,6 +23,7 @@ use crate::jwks::{Fetch, Refetch, RemoteKeys};
 use crate::ratelimit::{self, proto};
 use crate::reply;
 use crate::request::{Request, split_host_port};
+use crate::shared_cache::{EntryId, Kind, SharedTokens};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, Status};
@@ -443,7 +444,8 @@ impl Core {
         let now = now_ns();
         let decision = {
             let mut cache = self.cache.borrow_mut();
-            let worker = self.worker.borrow();
+            let mut worker = self.worker.borrow_mut();
+            let worker = &mut *worker;
             let mut env = Env {
                 cache: &mut cache,
                 store: &HostStore,
@@ -451,7 +453,7 @@ impl Core {
                 peer: held.peer,
                 end_of_stream: held.end_of_stream,
                 remote_keys: &worker.keys,
-                introspected: &worker.introspected,
+                introspected: &mut worker.introspected,
                 waited,
             };
             decision::decide(&config, &mut env, &req)
@@ -613,11 +615,22 @@ impl Core {
             .unwrap_or_default();
         let now = now_ns() / 1_000_000_000;
         match introspect::read_answer(jwt, endpoint, status, &body, now) {
-            Ok((answer, until)) => self
-                .worker
-                .borrow_mut()
-                .introspected
-                .insert(key, answer, until),
+            Ok((answer, until)) => {
+                self.worker
+                    .borrow_mut()
+                    .introspected
+                    .insert(key, answer, until);
+                // The other workers reuse the answer instead of asking again.
+                if let Some(shared) = SharedTokens::new(&HostStore, &config) {
+                    let id = EntryId {
+                        provider,
+                        hash: &key.1,
+                        stamp: 0,
+                        kind: Kind::Introspection,
+                    };
+                    shared.put(id, until, &body);
+                }
+            }
             Err(why) => log_warn(&format!("portcullis: provider {}: {why}", p.name)),
         }
         self.decide_again(from_root);

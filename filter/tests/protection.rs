@@ -82,7 +82,7 @@ impl Gateway {
             now_ns,
             peer: r.peer.map(|p| p.parse().unwrap()),
             remote_keys: &portcullis::jwks::RemoteKeys::default(),
-            introspected: &portcullis::introspect::IntrospectionCache::default(),
+            introspected: &mut portcullis::introspect::IntrospectionCache::default(),
             waited: false,
             end_of_stream: r.end_of_stream,
         };

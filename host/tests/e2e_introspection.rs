@@ -1,7 +1,8 @@
 //! OAuth 2.0 token introspection end to end: the real filter in `portcullis-host` asks the test
 //! identity provider (`support::idp`) about opaque tokens through an Envoy cluster, with the
 //! client's credentials, and decides on the answer: active, inactive, expired, wrong audience,
-//! missing scope; answers are reused (fewer calls on the provider), refusals only briefly; an
+//! missing scope; answers are reused by every worker (fewer calls on the provider), refusals
+//! only briefly; an
 //! endpoint that is down or slow gets 503 with `Retry-After`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -41,8 +42,8 @@ fn config(idp: &Idp) -> Value {
     })
 }
 
-/// A host with one worker (each worker keeps its own answers) whose `idp` cluster reaches the
-/// test provider.
+/// A host with two workers (they share answers through shared data) whose `idp` cluster
+/// reaches the test provider.
 fn host(idp: &Idp, config: &Value) -> (Host, SocketAddr, EchoServer) {
     let echo = echo("orders");
     let (port, admin) = (free_port(), free_port());
@@ -65,7 +66,7 @@ fn host(idp: &Idp, config: &Value) -> (Host, SocketAddr, EchoServer) {
         ],
         admin,
     );
-    let host = Host::start_with(&yaml, admin, 1);
+    let host = Host::start_with(&yaml, admin, 2);
     (host, ([127, 0, 0, 1], port).into(), echo)
 }
 
@@ -99,8 +100,8 @@ fn opaque_tokens_through_the_host() {
     idp.add_opaque("tok-noscope", answer(&idp, json!({"scope": "profile"})));
     let (host, addr, _echo) = host(&idp, &config(&idp));
 
-    // Active: passes, with the claims as identity; asked once, then reused.
-    for _ in 0..5 {
+    // Active: passes, with the claims as identity; asked once, then reused by both workers.
+    for _ in 0..10 {
         let r = get(addr, "tok-active");
         assert_eq!(r.status, 200, "{}", r.text());
         let seen = &r.json()["headers"];

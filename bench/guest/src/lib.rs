@@ -177,7 +177,7 @@ impl Decide {
             now_ns: self.now_ns,
             peer: Some(IpAddr::from([203, 0, 113, 7])),
             remote_keys: &portcullis::jwks::RemoteKeys::default(),
-            introspected: &portcullis::introspect::IntrospectionCache::default(),
+            introspected: &mut portcullis::introspect::IntrospectionCache::default(),
             waited: false,
             end_of_stream: self.body.is_none(),
         };

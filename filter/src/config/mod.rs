@@ -36,6 +36,11 @@ pub struct Config {
     pub token_cache_entries: usize,
     /// Capacity of the verified-token cache in (approximate) bytes; 0 turns it off.
     pub token_cache_bytes: usize,
+    /// Slots of the verified-token cache shared by the workers (0: not shared).
+    pub shared_cache_slots: u32,
+    /// The first 8 bytes of the configuration's SHA-256: shared entries of another
+    /// configuration (another plugin on the same VM id, or before an update) are never used.
+    pub fingerprint: u64,
     /// Headers that carry the verified identity to the services.
     pub identity_headers: IdentityHeaders,
     /// Every header name the filter sets from an identity (identity headers, `claim_to_headers`,
@@ -86,7 +91,14 @@ impl Config {
         let config = read_config(&mut cx, &doc);
         let errors = cx.into_errors();
         match config {
-            Some(c) if errors.is_empty() => Ok(c),
+            Some(mut c) if errors.is_empty() => {
+                use sha2::{Digest, Sha256};
+                let digest = Sha256::digest(bytes);
+                let mut first = [0u8; 8];
+                first.copy_from_slice(digest.get(..8).unwrap_or(&[0; 8]));
+                c.fingerprint = u64::from_be_bytes(first);
+                Ok(c)
+            }
             _ => Err(errors),
         }
     }
@@ -106,10 +118,15 @@ fn read_config(cx: &mut Ctx, doc: &Value) -> Option<Config> {
             "must not contain quotes, backslashes or control characters",
         );
     }
-    let (token_cache_entries, token_cache_bytes) = match top.get("verified_token_cache") {
-        Some(v) => read_cache(cx, v, "verified_token_cache"),
-        None => (DEFAULT_TOKEN_CACHE_ENTRIES, DEFAULT_TOKEN_CACHE_BYTES),
-    };
+    let (token_cache_entries, token_cache_bytes, shared_cache_slots) =
+        match top.get("verified_token_cache") {
+            Some(v) => read_cache(cx, v, "verified_token_cache"),
+            None => (
+                DEFAULT_TOKEN_CACHE_ENTRIES,
+                DEFAULT_TOKEN_CACHE_BYTES,
+                DEFAULT_SHARED_CACHE_SLOTS,
+            ),
+        };
     let identity_headers = match top.get("identity_headers") {
         Some(v) => read_identity_headers(cx, v, "identity_headers"),
         None => IdentityHeaders::default(),
@@ -165,6 +182,8 @@ fn read_config(cx: &mut Ctx, doc: &Value) -> Option<Config> {
         routes,
         token_cache_entries,
         token_cache_bytes,
+        shared_cache_slots,
+        fingerprint: 0,
         identity_headers,
         protected_headers,
         xff_num_trusted_hops,
@@ -197,19 +216,26 @@ pub const DEFAULT_TOKEN_CACHE_ENTRIES: usize = 1024;
 /// Default capacity of the verified-token cache, in bytes (per worker VM).
 pub const DEFAULT_TOKEN_CACHE_BYTES: usize = 8 << 20;
 
-fn read_cache(cx: &mut Ctx, v: &Value, path: &str) -> (usize, usize) {
+fn read_cache(cx: &mut Ctx, v: &Value, path: &str) -> (usize, usize, u32) {
     let Some(mut o) = Obj::new(cx, v, path) else {
-        return (0, 0);
+        return (0, 0, 0);
     };
     let entries = o.u64(cx, "max_entries", 100_000);
     let bytes = o.u64(cx, "max_bytes", 256 << 20);
+    let slots = o.u64(cx, "shared_slots", 65_536);
     o.finish(cx);
     let size = |n: Option<u64>, default| n.and_then(|n| usize::try_from(n).ok()).unwrap_or(default);
     (
         size(entries, DEFAULT_TOKEN_CACHE_ENTRIES),
         size(bytes, DEFAULT_TOKEN_CACHE_BYTES),
+        slots
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(DEFAULT_SHARED_CACHE_SLOTS),
     )
 }
+
+/// Default slots of the shared verified-token cache.
+pub const DEFAULT_SHARED_CACHE_SLOTS: u32 = 4096;
 
 impl Config {
     /// An empty verified-token cache sized as configured (one per worker VM).

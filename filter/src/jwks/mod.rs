@@ -143,6 +143,12 @@ impl RemoteKeys {
         self.entry(provider).and_then(|e| e.keys.clone())
     }
 
+    /// The version of a remote provider's current keys (when they were fetched), so that a
+    /// token verified with an older set is not taken from the shared cache.
+    pub fn version(&self, provider: usize) -> u64 {
+        self.entry(provider).map_or(0, |e| e.fetched_at_ns)
+    }
+
     /// The longest a request waits for this provider's keys, in nanoseconds.
     pub fn wait_ns(&self, provider: usize) -> u64 {
         self.entry(provider)

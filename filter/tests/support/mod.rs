@@ -19,7 +19,7 @@ pub fn decide(config: &Config, cache: &mut TokenCache, req: &Request<'_>, now: u
         now_ns: now.saturating_mul(1_000_000_000),
         peer: PEER.parse().ok(),
         remote_keys: &portcullis::jwks::RemoteKeys::default(),
-        introspected: &portcullis::introspect::IntrospectionCache::default(),
+        introspected: &mut portcullis::introspect::IntrospectionCache::default(),
         waited: false,
         end_of_stream: true,
     };
