@@ -202,6 +202,9 @@ pub struct Env<'w> {
     pub remote_keys: &'w RemoteKeys,
     /// The worker's introspection answers.
     pub introspected: &'w mut IntrospectionCache,
+    /// The introspection answer this request waited for (used even when it may not be
+    /// reused, e.g. with `cache_ttl_seconds: 0`).
+    pub answer: Option<&'w (CacheKey, Introspected)>,
     /// This request already waited for keys: decide without waiting again, and do not count
     /// it in the burst guard twice.
     pub waited: bool,
@@ -646,9 +649,10 @@ fn authenticate_route<'c>(
             (Some(token), ProviderKind::Jwt(jwt)) if jwt.introspection.is_some() => {
                 let key = (index, <[u8; 32]>::from(Sha256::digest(token.as_bytes())));
                 let answer = env
-                    .introspected
-                    .get(&key, now)
-                    .cloned()
+                    .answer
+                    .filter(|(k, _)| *k == key)
+                    .map(|(_, a)| a.clone())
+                    .or_else(|| env.introspected.get(&key, now).cloned())
                     .or_else(|| shared_answer(env, shared.as_ref(), jwt, key, now));
                 match answer {
                     Some(Introspected::Active(t)) => claims::check_times(jwt, t.exp, t.nbf, now)

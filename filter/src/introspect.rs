@@ -96,11 +96,10 @@ pub struct IntrospectionCache {
 }
 
 impl IntrospectionCache {
-    /// Room for `max_entries` answers (at least one: the answer just received must be there
-    /// when the request is decided again).
+    /// Room for `max_entries` answers (0: none are kept).
     pub fn new(max_entries: usize) -> Self {
         IntrospectionCache {
-            max_entries: max_entries.max(1),
+            max_entries,
             entries: HashMap::new(),
             order: VecDeque::new(),
         }
@@ -141,7 +140,7 @@ impl IntrospectionCache {
 
 impl Default for IntrospectionCache {
     fn default() -> Self {
-        IntrospectionCache::new(1)
+        IntrospectionCache::new(0)
     }
 }
 

@@ -18,7 +18,7 @@ use crate::cache::TokenCache;
 use crate::config::{Config, ProviderKind};
 use crate::decision::{self, BodyPlan, Decision, Env, HeaderEdit, Refusal, Verdict, Wait};
 use crate::guard::{self, Stop};
-use crate::introspect::{self, IntrospectionCache};
+use crate::introspect::{self, Introspected, IntrospectionCache};
 use crate::jwks::{Fetch, Refetch, RemoteKeys};
 use crate::ratelimit::{self, proto};
 use crate::reply;
@@ -282,6 +282,7 @@ impl RootContext for Root {
                 body_bytes: 0,
                 rate_limit_call: None,
                 introspection_call: None,
+                answer: None,
                 rate_limit: None,
                 response_headers: Vec::new(),
                 finished: false,
@@ -337,6 +338,8 @@ struct Core {
     rate_limit_call: Option<u32>,
     /// The introspection call the request waits for: token, provider, and the answer's key.
     introspection_call: Option<(u32, usize, CacheKey)>,
+    /// The answer it got, for the decision that follows.
+    answer: Option<(CacheKey, Introspected)>,
     /// The rate-limit service's answer, for the audit line.
     rate_limit: Option<&'static str>,
     /// Headers for the response (`RateLimit-Policy`, `RateLimit`).
@@ -454,6 +457,7 @@ impl Core {
                 end_of_stream: held.end_of_stream,
                 remote_keys: &worker.keys,
                 introspected: &mut worker.introspected,
+                answer: self.answer.as_ref(),
                 waited,
             };
             decision::decide(&config, &mut env, &req)
@@ -619,7 +623,8 @@ impl Core {
                 self.worker
                     .borrow_mut()
                     .introspected
-                    .insert(key, answer, until);
+                    .insert(key, answer.clone(), until);
+                self.answer = Some((key, answer));
                 // The other workers reuse the answer instead of asking again.
                 if let Some(shared) = SharedTokens::new(&HostStore, &config) {
                     let id = EntryId {

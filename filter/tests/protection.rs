@@ -83,6 +83,7 @@ impl Gateway {
             peer: r.peer.map(|p| p.parse().unwrap()),
             remote_keys: &portcullis::jwks::RemoteKeys::default(),
             introspected: &mut portcullis::introspect::IntrospectionCache::default(),
+            answer: None,
             waited: false,
             end_of_stream: r.end_of_stream,
         };

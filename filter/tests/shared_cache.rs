@@ -43,6 +43,7 @@ fn decide(config: &Config, cache: &mut TokenCache, store: &MemoryStore, token: &
         end_of_stream: true,
         remote_keys: &RemoteKeys::default(),
         introspected: &mut IntrospectionCache::default(),
+        answer: None,
         waited: false,
     };
     decision::decide(config, &mut env, &Request::new(&headers))

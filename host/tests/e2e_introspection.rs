@@ -185,3 +185,16 @@ fn wrong_client_credentials_fail_closed() {
     let (_host, addr, _echo) = host(&idp, &config);
     assert_eq!(get(addr, "tok-active").status, 200);
 }
+
+#[test]
+fn a_zero_ttl_asks_for_every_request() {
+    let idp = Idp::start();
+    idp.add_opaque("tok-active", answer(&idp, json!({})));
+    let mut config = config(&idp);
+    config["providers"]["opaque"]["introspection"]["cache_ttl_seconds"] = json!(0);
+    let (_host, addr, _echo) = host(&idp, &config);
+    for _ in 0..3 {
+        assert_eq!(get(addr, "tok-active").status, 200);
+    }
+    assert_eq!(idp.hits("/introspect"), 3);
+}

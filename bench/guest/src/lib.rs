@@ -178,6 +178,7 @@ impl Decide {
             peer: Some(IpAddr::from([203, 0, 113, 7])),
             remote_keys: &portcullis::jwks::RemoteKeys::default(),
             introspected: &mut portcullis::introspect::IntrospectionCache::default(),
+            answer: None,
             waited: false,
             end_of_stream: self.body.is_none(),
         };

@@ -20,6 +20,7 @@ pub fn decide(config: &Config, cache: &mut TokenCache, req: &Request<'_>, now: u
         peer: PEER.parse().ok(),
         remote_keys: &portcullis::jwks::RemoteKeys::default(),
         introspected: &mut portcullis::introspect::IntrospectionCache::default(),
+        answer: None,
         waited: false,
         end_of_stream: true,
     };
