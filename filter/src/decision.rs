@@ -49,7 +49,7 @@ pub struct Decision {
     pub body: Option<BodyPlan>,
     /// The path routes and rules saw, when normalising changed it.
     pub normalized_path: Option<String>,
-    /// What the request should wait for before it is decided again (with [`Env::waited`]).
+    /// What the request should wait for before it is decided again (with [`Env::waited`] saying so).
     /// The verdict is then the refusal that applies if it does not wait.
     pub wait: Option<Wait>,
 }
@@ -205,9 +205,25 @@ pub struct Env<'w> {
     /// The introspection answer this request waited for (used even when it may not be
     /// reused, e.g. with `cache_ttl_seconds: 0`).
     pub answer: Option<&'w (CacheKey, Introspected)>,
-    /// This request already waited for keys: decide without waiting again, and do not count
-    /// it in the burst guard twice.
-    pub waited: bool,
+    /// What this request already waited for: it is not made to wait for it again, and it
+    /// is not counted in the burst guard twice.
+    pub waited: Waited,
+}
+
+/// What a request decided again already waited for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Waited {
+    /// Keys (the first set, or a refetch for its `kid`).
+    pub keys: bool,
+    /// The introspection endpoint's answer (or its failure).
+    pub introspection: bool,
+}
+
+impl Waited {
+    /// Whether the request is decided again.
+    pub fn any(self) -> bool {
+        self.keys || self.introspection
+    }
 }
 
 /// Decides one request at header time, cheapest checks first: limits and path, route, method,
@@ -256,7 +272,7 @@ pub fn decide(config: &Config, env: &mut Env<'_>, req: &Request<'_>) -> Decision
         0 => guard::method_allowed(route, req),
         1 => guard::request_limits(&route.limits, req),
         2 => guard::ip_filters(config.ip_filter.as_ref(), route, client),
-        3 if env.waited => None,
+        3 if env.waited.any() => None,
         3 => guard::burst(env.store, route, index, client, env.now_ns),
         _ => guard::body_headers(route, req, env.end_of_stream),
     };
@@ -640,11 +656,15 @@ fn authenticate_route<'c>(
                     None => Err(JwtError::KeysUnavailable),
                 };
                 match verified {
-                    Err(JwtError::KeysUnavailable | JwtError::UnknownKid) if !env.waited => {
+                    Err(JwtError::KeysUnavailable | JwtError::UnknownKid) if !env.waited.keys => {
                         return AuthOutcome::Wait(Wait::Keys(index));
                     }
                     other => other.map(Credential::Jwt).map_err(Some),
                 }
+            }
+            (Some(token), _) if token.len() > crate::jwt::jws::MAX_TOKEN_LEN => {
+                // Checked before hashing, and before any call on an introspection endpoint.
+                Err(Some(JwtError::Malformed("token is too large")))
             }
             (Some(token), ProviderKind::Jwt(jwt)) if jwt.introspection.is_some() => {
                 let key = (index, <[u8; 32]>::from(Sha256::digest(token.as_bytes())));
@@ -659,7 +679,7 @@ fn authenticate_route<'c>(
                         .map(|()| Credential::Jwt(t))
                         .map_err(Some),
                     Some(Introspected::Refused(e)) => Err(Some(e)),
-                    None if !env.waited => {
+                    None if !env.waited.introspection => {
                         return AuthOutcome::Wait(Wait::Introspection {
                             provider: index,
                             token,

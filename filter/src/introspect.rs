@@ -16,7 +16,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 /// Largest accepted answer.
-pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
+pub const MAX_ANSWER_BYTES: usize = 16 * 1024;
 
 /// What the endpoint said about a token, once checked.
 #[derive(Debug, Clone, PartialEq)]

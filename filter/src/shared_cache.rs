@@ -3,8 +3,9 @@
 //! again (or asking the introspection endpoint again).
 //!
 //! Shared data cannot delete keys, so the cache is a fixed table of slots
-//! (`verified_token_cache.shared_slots`), each holding the latest entry whose token hashes to
-//! it; a newer entry overwrites an older one. An entry names its configuration (a fingerprint
+//! (`verified_token_cache.shared_slots`, keys `portcullis.tok.<slot>`), each holding the latest
+//! entry whose token hashes to it; a newer entry overwrites an older one, whatever its
+//! configuration. An entry names its configuration (a fingerprint
 //! of the whole plugin configuration), its provider, the token's SHA-256 and, for fetched
 //! keys, the key set it was verified with, so it never serves another configuration, another
 //! provider, another token or a key set that has changed since. What is stored is what the
@@ -20,7 +21,7 @@ use crate::config::Config;
 pub const MAX_SHARED_PAYLOAD: usize = 8 * 1024;
 
 const FORMAT: u8 = 1;
-const HEADER: usize = 1 + 1 + 4 + 32 + 8 + 8;
+const HEADER: usize = 1 + 8 + 1 + 4 + 32 + 8 + 8;
 
 /// What an entry's payload is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,17 +63,19 @@ impl<'s> SharedTokens<'s> {
         })
     }
 
+    /// The slot's key. The configuration is in the entry, not in the key: a new
+    /// configuration reuses the same slots instead of leaving a table behind.
     fn key(&self, hash: &[u8; 32]) -> String {
         let [a, b, c, d, ..] = *hash;
         let slot = u32::from_be_bytes([a, b, c, d]) % self.slots;
-        format!("portcullis.tok.{:016x}.{slot}", self.fingerprint)
+        format!("portcullis.tok.{slot}")
     }
 
     /// The payload stored for exactly this entry, if it is still valid at `now` (seconds).
     pub fn get(&self, id: EntryId<'_>, now: u64) -> Option<(u64, Vec<u8>)> {
         let (value, _) = self.store.get(&self.key(id.hash))?;
         let header = value.get(..HEADER)?;
-        if header != encode_header(id, read_until(header)?).as_slice() {
+        if header != encode_header(self.fingerprint, id, read_until(header)?).as_slice() {
             return None;
         }
         let until = read_until(header)?;
@@ -84,15 +87,16 @@ impl<'s> SharedTokens<'s> {
         if payload.len() > MAX_SHARED_PAYLOAD {
             return;
         }
-        let mut value = encode_header(id, until);
+        let mut value = encode_header(self.fingerprint, id, until);
         value.extend_from_slice(payload);
         let _ = self.store.set(&self.key(id.hash), &value, None);
     }
 }
 
-fn encode_header(id: EntryId<'_>, until: u64) -> Vec<u8> {
+fn encode_header(fingerprint: u64, id: EntryId<'_>, until: u64) -> Vec<u8> {
     let mut v = Vec::with_capacity(HEADER + 256);
     v.push(FORMAT);
+    v.extend_from_slice(&fingerprint.to_le_bytes());
     v.push(id.kind as u8);
     v.extend_from_slice(&u32::try_from(id.provider).unwrap_or(u32::MAX).to_le_bytes());
     v.extend_from_slice(id.hash);

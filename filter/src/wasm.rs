@@ -16,7 +16,7 @@ use crate::burst::{SharedStore, StoreError};
 use crate::cache::CacheKey;
 use crate::cache::TokenCache;
 use crate::config::{Config, ProviderKind};
-use crate::decision::{self, BodyPlan, Decision, Env, HeaderEdit, Refusal, Verdict, Wait};
+use crate::decision::{self, BodyPlan, Decision, Env, HeaderEdit, Refusal, Verdict, Wait, Waited};
 use crate::guard::{self, Stop};
 use crate::introspect::{self, Introspected, IntrospectionCache};
 use crate::jwks::{Fetch, Refetch, RemoteKeys};
@@ -119,10 +119,11 @@ impl Root {
         }
     }
 
-    /// Keys of `changed` providers were installed: cached tokens of theirs go, and the requests
-    /// waiting for them (or whose wait is over) are decided again.
-    fn keys_changed(&self, changed: &[usize], now: u64) {
-        for &provider in changed {
+    /// Sets of these providers were installed (and their keys changed, or not): cached tokens
+    /// of a provider whose keys changed go, and the requests waiting for any of them (or whose
+    /// wait is over) are decided again.
+    fn keys_installed(&self, installed: &[(usize, bool)], now: u64) {
+        for &(provider, _) in installed.iter().filter(|(_, changed)| *changed) {
             self.cache.borrow_mut().forget_provider(provider);
             log_info(&format!(
                 "portcullis: provider {}: key set installed",
@@ -133,12 +134,17 @@ impl Root {
             let mut worker = self.worker.borrow_mut();
             let (ready, waiting) = std::mem::take(&mut worker.waiters)
                 .into_iter()
-                .partition(|w| changed.contains(&w.provider) || w.deadline_ns <= now);
+                .partition(|w| {
+                    installed.iter().any(|(p, _)| *p == w.provider) || w.deadline_ns <= now
+                });
             worker.waiters = waiting;
             ready.into_iter().map(|w: Waiter| w.core).collect()
         };
         for core in ready {
-            self.on_behalf(&core, |core| core.decide_again(true));
+            self.on_behalf(&core, |core| {
+                core.waited.keys = true;
+                core.decide_again(true);
+            });
         }
     }
 
@@ -201,8 +207,8 @@ impl Context for Root {
         if let Some(next) = answer.next {
             self.send_fetches(vec![next], now);
         }
-        if let Some(provider) = answer.changed {
-            self.keys_changed(&[provider], now);
+        if let Some(installed) = answer.installed {
+            self.keys_installed(&[installed], now);
         }
     }
 
@@ -260,9 +266,9 @@ impl RootContext for Root {
 
     fn on_tick(&mut self) {
         let now = now_ns();
-        let (changed, fetches) = self.worker.borrow_mut().keys.poll(&HostStore, now);
+        let (installed, fetches) = self.worker.borrow_mut().keys.poll(&HostStore, now);
         self.send_fetches(fetches, now);
-        self.keys_changed(&changed, now);
+        self.keys_installed(&installed, now);
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
@@ -286,6 +292,7 @@ impl RootContext for Root {
                 rate_limit: None,
                 response_headers: Vec::new(),
                 finished: false,
+                waited: Waited::default(),
             })
         });
         Some(Box::new(Stream { core }))
@@ -346,6 +353,8 @@ struct Core {
     response_headers: Vec<(&'static str, String)>,
     /// The stream is done (`on_done`): nothing may act on it any more.
     finished: bool,
+    /// What the request already waited for.
+    waited: Waited,
 }
 
 /// Whether the request goes on now.
@@ -396,7 +405,7 @@ impl HttpContext for Stream {
             request_id,
             latency_us: 0,
         });
-        match core.decide(false, false) {
+        match core.decide(false) {
             Flow::Continue => Action::Continue,
             Flow::Pause => Action::Pause,
         }
@@ -427,9 +436,9 @@ impl HttpContext for Stream {
 }
 
 impl Core {
-    /// The header-phase decision (again, with `waited`, after waiting for keys; `from_root`
-    /// when the root runs it on the stream's behalf).
-    fn decide(&mut self, waited: bool, from_root: bool) -> Flow {
+    /// The header-phase decision (again after each wait, which `self.waited` records;
+    /// `from_root` when the root runs it on the stream's behalf).
+    fn decide(&mut self, from_root: bool) -> Flow {
         let Some(config) = self.config.clone() else {
             let _ = hostcalls::send_http_response(
                 503,
@@ -458,7 +467,7 @@ impl Core {
                 remote_keys: &worker.keys,
                 introspected: &mut worker.introspected,
                 answer: self.answer.as_ref(),
-                waited,
+                waited: self.waited,
             };
             decision::decide(&config, &mut env, &req)
         };
@@ -467,18 +476,26 @@ impl Core {
             .saturating_add(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
         if let Some(wait) = decision.wait {
             let waiting = match wait {
-                Wait::Keys(provider) => self.park(provider, now),
+                Wait::Keys(provider) => {
+                    let parked = self.park(provider, now);
+                    self.waited.keys |= !parked;
+                    parked
+                }
                 Wait::Introspection {
                     provider,
                     token,
                     key,
-                } => self.introspect(&config, provider, &token, key, from_root),
+                } => {
+                    let asked = self.introspect(&config, provider, &token, key, from_root);
+                    self.waited.introspection |= !asked;
+                    asked
+                }
             };
             self.held = Some(Held { latency_us, ..held });
             if waiting {
                 return Flow::Pause;
             }
-            return self.decide(true, from_root);
+            return self.decide(from_root);
         }
         let call = match &decision.verdict {
             Verdict::Refuse(refusal) if !refusal.shadow => {
@@ -525,6 +542,14 @@ impl Core {
     /// many requests wait).
     fn park(&mut self, provider: usize, now: u64) -> bool {
         let mut worker = self.worker.borrow_mut();
+        if worker.waiters.len() >= MAX_WAITERS {
+            // Requests whose clients left do not hold places.
+            worker.waiters.retain(|w| {
+                w.core
+                    .upgrade()
+                    .is_some_and(|c| c.try_borrow().is_ok_and(|c| !c.finished))
+            });
+        }
         if worker.waiters.len() >= MAX_WAITERS {
             return false;
         }
@@ -638,6 +663,7 @@ impl Core {
             }
             Err(why) => log_warn(&format!("portcullis: provider {}: {why}", p.name)),
         }
+        self.waited.introspection = true;
         self.decide_again(from_root);
     }
 
@@ -647,7 +673,7 @@ impl Core {
         if self.finished {
             return;
         }
-        if self.decide(true, from_root) == Flow::Continue {
+        if self.decide(from_root) == Flow::Continue {
             let _ = hostcalls::resume_http_request();
         }
     }
@@ -700,6 +726,11 @@ impl Core {
     }
 
     fn on_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        // Envoy holds the body while the headers are paused (StopAllIteration); should a chunk
+        // come anyway before the decision, it must not let the request on.
+        if self.held.is_some() || self.introspection_call.is_some() {
+            return Action::Pause;
+        }
         let (Some(plan), Some(config)) = (self.body, self.config.clone()) else {
             return Action::Continue;
         };
@@ -761,7 +792,7 @@ impl Core {
                 request_id: self.held.as_ref().map_or("", |h| h.request_id.as_str()),
                 decision: "none",
                 reason: if self.held.is_some() {
-                    "abandoned_waiting_for_keys"
+                    "abandoned_while_waiting"
                 } else {
                     "not_seen"
                 },

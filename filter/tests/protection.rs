@@ -84,7 +84,7 @@ impl Gateway {
             remote_keys: &portcullis::jwks::RemoteKeys::default(),
             introspected: &mut portcullis::introspect::IntrospectionCache::default(),
             answer: None,
-            waited: false,
+            waited: Default::default(),
             end_of_stream: r.end_of_stream,
         };
         decision::decide(&self.config, &mut env, &Request::new(&r.headers))

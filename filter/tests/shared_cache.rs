@@ -44,7 +44,7 @@ fn decide(config: &Config, cache: &mut TokenCache, store: &MemoryStore, token: &
         remote_keys: &RemoteKeys::default(),
         introspected: &mut IntrospectionCache::default(),
         answer: None,
-        waited: false,
+        waited: Default::default(),
     };
     decision::decide(config, &mut env, &Request::new(&headers))
 }

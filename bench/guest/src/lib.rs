@@ -179,7 +179,7 @@ impl Decide {
             remote_keys: &portcullis::jwks::RemoteKeys::default(),
             introspected: &mut portcullis::introspect::IntrospectionCache::default(),
             answer: None,
-            waited: false,
+            waited: Default::default(),
             end_of_stream: self.body.is_none(),
         };
         let d = decision::decide(&self.config, &mut env, &req);

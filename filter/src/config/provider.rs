@@ -409,6 +409,13 @@ fn read_remote_jwks(
     let unknown_kid_refetch_interval_seconds = o
         .u64(cx, "unknown_kid_refetch_interval_seconds", 86_400)
         .unwrap_or(DEFAULT_UNKNOWN_KID_REFETCH_SECONDS);
+    if unknown_kid_refetch_interval_seconds == 0 {
+        // Without a throttle, tokens with random kids would make the gateway hammer the issuer.
+        cx.error(
+            &o.field_path("unknown_kid_refetch_interval_seconds"),
+            "must be at least 1",
+        );
+    }
     let (retry_base_ms, retry_max_ms) = match o.get("retry_policy") {
         Some(v) => {
             let mut r = Obj::new(cx, v, &o.field_path("retry_policy"))?;

@@ -364,6 +364,11 @@ fn remote_jwks_errors_name_their_paths() {
             "providers.corp.local_jwks: local_jwks and remote_jwks exclude each other",
         ),
         (
+            json!({"remote_jwks": {"http_uri": {"uri": "https://a/j", "cluster": "idp"},
+                                   "unknown_kid_refetch_interval_seconds": 0}}),
+            "providers.corp.remote_jwks.unknown_kid_refetch_interval_seconds: must be at least 1",
+        ),
+        (
             json!({}),
             "providers.corp.local_jwks: required field is missing",
         ),

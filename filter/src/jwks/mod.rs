@@ -61,8 +61,8 @@ pub enum Refetch {
 /// The outcome of an answer to one of our fetches.
 #[derive(Debug, Default)]
 pub struct Answer {
-    /// The provider whose keys changed (installed in this worker).
-    pub changed: Option<usize>,
+    /// The provider whose fetch completed here, and whether its keys changed.
+    pub installed: Option<(usize, bool)>,
     /// A follow-up fetch (the JWKS after discovery).
     pub next: Option<Fetch>,
     /// Why the fetch failed, for the log (never the document).
@@ -81,6 +81,9 @@ struct Entry {
     keys: Option<Arc<KeySet>>,
     /// CAS of the shared entry that `keys` came from.
     version: Option<u32>,
+    /// Hash of the JWKS document the keys came from: what changes when the keys change (a
+    /// refresh that brings the same document changes nothing).
+    keys_hash: u64,
     fetched_at_ns: u64,
     /// Where the JWKS is: from the configuration, or found by discovery.
     jwks_at: Option<(String, String)>,
@@ -104,13 +107,14 @@ impl RemoteKeys {
                 ProviderKind::Jwt(jwt) => jwt.remote.as_ref().map(|remote| Entry {
                     provider: i,
                     name: p.name.clone(),
-                    key: shared_key(&p.name, remote),
+                    key: shared_key(&p.name, remote, jwt.issuer.as_deref()),
                     jwks_at: (!remote.discovery)
                         .then(|| (remote.authority.clone(), remote.path.clone())),
                     remote: RemoteJwks::clone(remote),
                     issuer: jwt.issuer.clone(),
                     keys: None,
                     version: None,
+                    keys_hash: 0,
                     fetched_at_ns: 0,
                     in_flight: None,
                 }),
@@ -143,10 +147,10 @@ impl RemoteKeys {
         self.entry(provider).and_then(|e| e.keys.clone())
     }
 
-    /// The version of a remote provider's current keys (when they were fetched), so that a
-    /// token verified with an older set is not taken from the shared cache.
+    /// The version of a remote provider's current keys (a hash of their document), so that a
+    /// token verified with another set is not taken from the shared cache.
     pub fn version(&self, provider: usize) -> u64 {
-        self.entry(provider).map_or(0, |e| e.fetched_at_ns)
+        self.entry(provider).map_or(0, |e| e.keys_hash)
     }
 
     /// The longest a request waits for this provider's keys, in nanoseconds.
@@ -161,13 +165,18 @@ impl RemoteKeys {
     }
 
     /// Installs key sets other workers (or this one) stored since the last call, and returns
-    /// the providers whose keys changed and the fetches this worker should start now.
-    pub fn poll(&mut self, store: &dyn SharedStore, now_ns: u64) -> (Vec<usize>, Vec<Fetch>) {
+    /// the providers with a newly stored set (and whether their keys changed) and the fetches
+    /// this worker should start now.
+    pub fn poll(
+        &mut self,
+        store: &dyn SharedStore,
+        now_ns: u64,
+    ) -> (Vec<(usize, bool)>, Vec<Fetch>) {
         let mut changed = Vec::new();
         let mut fetches = Vec::new();
         for e in &mut self.entries {
-            if e.install_shared(store) {
-                changed.push(e.provider);
+            if let Some(keys_changed) = e.install_shared(store) {
+                changed.push((e.provider, keys_changed));
             }
             if e.in_flight.is_none() && e.is_due(store, now_ns) && e.take_lease(store, now_ns) {
                 fetches.push(e.next_fetch());
@@ -243,8 +252,8 @@ impl RemoteKeys {
                     ..Answer::default()
                 }
             }
-            Ok(Some(changed)) => Answer {
-                changed: changed.then_some(e.provider),
+            Ok(Some(installed)) => Answer {
+                installed: installed.map(|changed| (e.provider, changed)),
                 ..Answer::default()
             },
             Err(why) => {
@@ -302,26 +311,26 @@ impl RemoteKeys {
 }
 
 impl Entry {
-    /// Installs the shared set if it changed since this worker last looked.
-    fn install_shared(&mut self, store: &dyn SharedStore) -> bool {
-        let Some((value, cas)) = store.get(&self.key) else {
-            return false;
-        };
+    /// Installs the shared set if it was stored since this worker last looked: `None` if
+    /// not, else whether the keys changed (a refresh that brought the same document only
+    /// renews `fetched_at`).
+    fn install_shared(&mut self, store: &dyn SharedStore) -> Option<bool> {
+        let (value, cas) = store.get(&self.key)?;
         if self.version == Some(cas) {
-            return false;
+            return None;
         }
         self.version = Some(cas);
-        let Some((stamp, body)) = value.split_at_checked(17) else {
-            return false;
-        };
-        match parse_jwks(body) {
-            Ok(keys) => {
-                self.keys = Some(Arc::new(keys));
-                self.fetched_at_ns = hex_u64(stamp, 0);
-                true
-            }
-            Err(_) => false,
+        let (stamp, body) = value.split_at_checked(17)?;
+        let hash = fnv64([body]);
+        if self.keys.is_some() && hash == self.keys_hash {
+            self.fetched_at_ns = hex_u64(stamp, 0);
+            return Some(false);
         }
+        let keys = parse_jwks(body).ok()?;
+        self.keys = Some(Arc::new(keys));
+        self.keys_hash = hash;
+        self.fetched_at_ns = hex_u64(stamp, 0);
+        Some(true)
     }
 
     /// Whether a fetch should start: no keys yet, the set is older than the cache duration,
@@ -426,13 +435,13 @@ impl Entry {
         Ok(())
     }
 
-    /// Checks a fetched JWKS and shares it; installs it here. Returns whether keys changed.
+    /// Checks a fetched JWKS and shares it; installs it here (see [`Self::install_shared`]).
     fn store_jwks(
         &mut self,
         body: &[u8],
         store: &dyn SharedStore,
         now_ns: u64,
-    ) -> Result<bool, String> {
+    ) -> Result<Option<bool>, String> {
         parse_jwks(body)?;
         let mut value = format!("{now_ns:016x}\n").into_bytes();
         value.extend_from_slice(body);
@@ -465,17 +474,29 @@ pub fn parse_jwks(body: &[u8]) -> Result<KeySet, String> {
     Ok(keys)
 }
 
-/// `portcullis.jwks.<name>.<hash of cluster, authority, path>`: two plugins on one VM id with
-/// a provider of the same name but another source do not share keys.
-fn shared_key(name: &str, remote: &RemoteJwks) -> String {
+/// `portcullis.jwks.<name>.<hash of issuer, cluster, authority, path, discovery>`: two
+/// plugins on one VM id with a provider of the same name but another source or issuer do not
+/// share keys.
+fn shared_key(name: &str, remote: &RemoteJwks, issuer: Option<&str>) -> String {
+    let discovery: &[u8] = if remote.discovery { b"d" } else { b"" };
+    let hash = fnv64([
+        issuer.unwrap_or("").as_bytes(),
+        remote.cluster.as_bytes(),
+        remote.authority.as_bytes(),
+        remote.path.as_bytes(),
+        discovery,
+    ]);
+    format!("portcullis.jwks.{name}.{hash:016x}")
+}
+
+/// FNV-1a over the parts, each followed by a 0 byte (not a cryptographic hash: it tells
+/// configurations and documents apart, it does not protect anything).
+fn fnv64<const N: usize>(parts: [&[u8]; N]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in [&remote.cluster, &remote.authority, &remote.path]
-        .iter()
-        .flat_map(|s| s.bytes().chain([0]))
-    {
+    for b in parts.iter().flat_map(|p| p.iter().copied().chain([0])) {
         hash = (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
     }
-    format!("portcullis.jwks.{name}.{hash:016x}")
+    hash
 }
 
 fn lease_value(until_ns: u64, failures: u64) -> String {

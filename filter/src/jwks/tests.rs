@@ -55,11 +55,11 @@ fn one_worker_fetches_and_every_worker_installs_the_set() {
     assert!(a.owns(7));
 
     let answer = a.on_response(7, Some(200), &jwks(), &store, now);
-    assert_eq!(answer.changed, Some(0));
+    assert_eq!(answer.installed, Some((0, true)));
     assert!(answer.error.is_none());
     assert!(a.keys(0).is_some_and(|k| !k.is_empty()));
     // The other worker installs the shared set without fetching.
-    assert_eq!(b.poll(&store, now + 1), (vec![0], vec![]));
+    assert_eq!(b.poll(&store, now + 1), (vec![(0, true)], vec![]));
     assert_eq!(b.keys(0).unwrap().len(), a.keys(0).unwrap().len());
     assert_eq!(a.poll(&store, now + 1), (vec![], vec![]));
 
@@ -98,8 +98,8 @@ fn failures_back_off_for_every_worker_and_keep_the_last_good_set() {
     a.started(&f[0], 3);
     assert_eq!(
         a.on_response(3, Some(200), &jwks(), &store, now + 300_000_000)
-            .changed,
-        Some(0)
+            .installed,
+        Some((0, true))
     );
 
     // Refresh fails: the last good set stays.
@@ -108,7 +108,7 @@ fn failures_back_off_for_every_worker_and_keep_the_last_good_set() {
     a.started(&f[0], 4);
     assert!(a.on_response(4, None, b"", &store, later).error.is_some());
     assert!(a.keys(0).is_some());
-    assert!(b.poll(&store, later).0 == vec![0] && b.keys(0).is_some());
+    assert!(b.poll(&store, later).0 == vec![(0, true)] && b.keys(0).is_some());
 }
 
 #[test]
@@ -141,10 +141,10 @@ fn unknown_kid_refetches_are_throttled_across_workers() {
     assert_eq!(f.len(), 1, "the refetch is due");
     b.started(&f[0], 2);
     assert_eq!(
-        b.on_response(2, Some(200), &jwks(), &store, t).changed,
-        Some(0)
+        b.on_response(2, Some(200), &jwks(), &store, t).installed,
+        Some((0, false))
     );
-    assert_eq!(a.poll(&store, t).0, vec![0]);
+    assert_eq!(a.poll(&store, t).0, vec![(0, false)]);
     // Within the interval (30 s by default): refused at once.
     assert_eq!(
         a.request_refetch(0, &store, t + 10 * SECOND),
@@ -196,8 +196,8 @@ fn discovery_finds_the_jwks_and_checks_the_issuer() {
     keys.started(&next, 3);
     assert_eq!(
         keys.on_response(3, Some(200), &jwks(), &store, now + 2 * SECOND)
-            .changed,
-        Some(0)
+            .installed,
+        Some((0, true))
     );
 }
 

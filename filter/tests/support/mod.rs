@@ -21,7 +21,7 @@ pub fn decide(config: &Config, cache: &mut TokenCache, req: &Request<'_>, now: u
         remote_keys: &portcullis::jwks::RemoteKeys::default(),
         introspected: &mut portcullis::introspect::IntrospectionCache::default(),
         answer: None,
-        waited: false,
+        waited: Default::default(),
         end_of_stream: true,
     };
     decision::decide(config, &mut env, req)
