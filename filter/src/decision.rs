@@ -553,7 +553,8 @@ fn shared_answer(
     };
     let (until, body) = shared?.get(id, now)?;
     let (answer, _) = introspect::read_answer(jwt, endpoint, Some(200), &body, now).ok()?;
-    env.introspected.insert(key, answer.clone(), until);
+    env.introspected
+        .insert(key, answer.clone(), until, body.len());
     Some(answer)
 }
 

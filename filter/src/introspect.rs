@@ -86,20 +86,24 @@ pub fn read_answer(
     }
 }
 
-/// A worker's introspection answers, by provider and SHA-256 of the token; bounded, oldest
-/// first out, each reused until its own deadline.
+/// A worker's introspection answers, by provider and SHA-256 of the token; bounded in entries
+/// and in bytes, oldest first out, each reused until its own deadline.
 #[derive(Debug)]
 pub struct IntrospectionCache {
     max_entries: usize,
-    entries: HashMap<CacheKey, (Introspected, u64)>,
+    max_bytes: usize,
+    bytes: usize,
+    entries: HashMap<CacheKey, (Introspected, u64, usize)>,
     order: VecDeque<CacheKey>,
 }
 
 impl IntrospectionCache {
-    /// Room for `max_entries` answers (0: none are kept).
-    pub fn new(max_entries: usize) -> Self {
+    /// Room for `max_entries` answers and about `max_bytes` (either 0: none are kept).
+    pub fn new(max_entries: usize, max_bytes: usize) -> Self {
         IntrospectionCache {
             max_entries,
+            max_bytes,
+            bytes: 0,
             entries: HashMap::new(),
             order: VecDeque::new(),
         }
@@ -109,21 +113,32 @@ impl IntrospectionCache {
     pub fn get(&self, key: &CacheKey, now: u64) -> Option<&Introspected> {
         self.entries
             .get(key)
-            .filter(|(_, until)| now < *until)
-            .map(|(answer, _)| answer)
+            .filter(|(_, until, _)| now < *until)
+            .map(|(answer, _, _)| answer)
     }
 
-    /// Keeps an answer until `until` (replacing an older one for the same token).
-    pub fn insert(&mut self, key: CacheKey, answer: Introspected, until: u64) {
-        if self.entries.insert(key, (answer, until)).is_some() {
+    /// Keeps an answer received as `answer_len` bytes until `until` (replacing an older one
+    /// for the same token).
+    pub fn insert(&mut self, key: CacheKey, answer: Introspected, until: u64, answer_len: usize) {
+        // The claims parsed from the answer, and its base64url copy for
+        // `forward_payload_header`, take about twice the answer.
+        let cost = answer_len.saturating_mul(2).saturating_add(256);
+        if cost > self.max_bytes {
+            return;
+        }
+        if let Some((_, _, old)) = self.entries.insert(key, (answer, until, cost)) {
+            self.bytes -= old;
             self.order.retain(|k| *k != key);
         }
+        self.bytes += cost;
         self.order.push_back(key);
-        while self.entries.len() > self.max_entries {
+        while self.entries.len() > self.max_entries || self.bytes > self.max_bytes {
             let Some(old) = self.order.pop_front() else {
                 break;
             };
-            self.entries.remove(&old);
+            if let Some((_, _, freed)) = self.entries.remove(&old) {
+                self.bytes -= freed;
+            }
         }
     }
 
@@ -140,7 +155,7 @@ impl IntrospectionCache {
 
 impl Default for IntrospectionCache {
     fn default() -> Self {
-        IntrospectionCache::new(0)
+        IntrospectionCache::new(0, 0)
     }
 }
 

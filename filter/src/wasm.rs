@@ -42,6 +42,9 @@ proxy_wasm::main! {{
 const TICK: Duration = Duration::from_millis(200);
 /// Most requests one worker parks while they wait for keys; beyond, they are decided at once.
 const MAX_WAITERS: usize = 4096;
+/// Most introspection calls one worker has in flight; beyond, requests get the endpoint's
+/// failure mode (so a flood of made-up opaque tokens cannot become a flood of calls).
+const MAX_INTROSPECTIONS_IN_FLIGHT: usize = 256;
 
 /// Per plugin and worker VM: the prepared configuration, the verified-token cache and the
 /// fetched keys.
@@ -58,6 +61,9 @@ struct Worker {
     keys: RemoteKeys,
     /// Introspection answers.
     introspected: IntrospectionCache,
+    /// Introspection calls in flight: token and deadline (ns). An entry whose answer never
+    /// comes (its stream went away) leaves at its deadline.
+    introspecting: Vec<(u32, u64)>,
     /// Requests paused until their provider's keys change or their wait ends.
     waiters: Vec<Waiter>,
     /// Calls the root sent for a stream it resumed (the SDK delivers their answers to the
@@ -241,7 +247,10 @@ impl RootContext for Root {
                 }
                 self.worker = Rc::new(RefCell::new(Worker {
                     keys,
-                    introspected: IntrospectionCache::new(config.token_cache_entries),
+                    introspected: IntrospectionCache::new(
+                        config.token_cache_entries,
+                        config.token_cache_bytes,
+                    ),
                     ..Worker::default()
                 }));
                 log_info(&format!(
@@ -583,6 +592,21 @@ impl Core {
         }) else {
             return false;
         };
+        let now = now_ns();
+        {
+            let mut worker = self.worker.borrow_mut();
+            worker.introspecting.retain(|(_, deadline)| *deadline > now);
+            if worker.introspecting.len() >= MAX_INTROSPECTIONS_IN_FLIGHT {
+                log_warn(&format!(
+                    "portcullis: provider {}: {MAX_INTROSPECTIONS_IN_FLIGHT} introspection calls in flight; refusing more",
+                    config
+                        .providers
+                        .get(provider)
+                        .map_or("", |p| p.name.as_str())
+                ));
+                return false;
+            }
+        }
         let (headers, body) = introspect::call(endpoint, token);
         let sent = hostcalls::dispatch_http_call(
             &endpoint.cluster,
@@ -594,11 +618,16 @@ impl Core {
         match sent {
             Ok(call) => {
                 self.introspection_call = Some((call, provider, key));
+                let mut worker = self.worker.borrow_mut();
+                let deadline = now.saturating_add(
+                    endpoint
+                        .timeout_ms
+                        .saturating_add(1_000)
+                        .saturating_mul(1_000_000),
+                );
+                worker.introspecting.push((call, deadline));
                 if from_root {
-                    self.worker
-                        .borrow_mut()
-                        .calls
-                        .push((Callout::Http(call), self.me.clone()));
+                    worker.calls.push((Callout::Http(call), self.me.clone()));
                 }
                 true
             }
@@ -625,6 +654,10 @@ impl Core {
             return;
         }
         self.introspection_call = None;
+        self.worker
+            .borrow_mut()
+            .introspecting
+            .retain(|(t, _)| *t != call);
         let Some(config) = self.config.clone() else {
             return;
         };
@@ -645,10 +678,12 @@ impl Core {
         let now = now_ns() / 1_000_000_000;
         match introspect::read_answer(jwt, endpoint, status, &body, now) {
             Ok((answer, until)) => {
-                self.worker
-                    .borrow_mut()
-                    .introspected
-                    .insert(key, answer.clone(), until);
+                self.worker.borrow_mut().introspected.insert(
+                    key,
+                    answer.clone(),
+                    until,
+                    body.len(),
+                );
                 self.answer = Some((key, answer));
                 // The other workers reuse the answer instead of asking again.
                 if let Some(shared) = SharedTokens::new(&HostStore, &config) {

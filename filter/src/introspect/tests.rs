@@ -117,20 +117,63 @@ fn failures_say_why_without_the_answer() {
 
 #[test]
 fn the_cache_expires_and_stays_bounded() {
-    let mut cache = IntrospectionCache::new(2);
+    let mut cache = IntrospectionCache::new(2, 1 << 20);
     let k = |i: u8| (0, [i; 32]);
-    cache.insert(k(1), Introspected::Refused(JwtError::Inactive), NOW + 10);
+    cache.insert(
+        k(1),
+        Introspected::Refused(JwtError::Inactive),
+        NOW + 10,
+        20,
+    );
     assert!(cache.get(&k(1), NOW + 9).is_some());
     assert!(cache.get(&k(1), NOW + 10).is_none());
-    cache.insert(k(2), Introspected::Refused(JwtError::Inactive), NOW + 10);
-    cache.insert(k(3), Introspected::Refused(JwtError::Inactive), NOW + 10);
+    cache.insert(
+        k(2),
+        Introspected::Refused(JwtError::Inactive),
+        NOW + 10,
+        20,
+    );
+    cache.insert(
+        k(3),
+        Introspected::Refused(JwtError::Inactive),
+        NOW + 10,
+        20,
+    );
     assert_eq!(cache.len(), 2);
     assert!(cache.get(&k(1), NOW).is_none());
     // Replacing an entry does not grow the cache.
-    cache.insert(k(3), Introspected::Refused(JwtError::Expired), NOW + 10);
+    cache.insert(k(3), Introspected::Refused(JwtError::Expired), NOW + 10, 20);
     assert_eq!(cache.len(), 2);
     assert_eq!(
         cache.get(&k(3), NOW),
         Some(&Introspected::Refused(JwtError::Expired))
     );
+}
+
+#[test]
+fn the_cache_is_bounded_in_bytes_too() {
+    let mut cache = IntrospectionCache::new(100, 1000);
+    let k = |i: u8| (0, [i; 32]);
+    for i in 0..5 {
+        cache.insert(
+            k(i),
+            Introspected::Refused(JwtError::Inactive),
+            NOW + 10,
+            100,
+        );
+    }
+    // 456 bytes each: two fit.
+    assert_eq!(cache.len(), 2);
+    assert!(cache.get(&k(4), NOW).is_some());
+    cache.insert(
+        k(9),
+        Introspected::Refused(JwtError::Inactive),
+        NOW + 10,
+        1000,
+    );
+    assert!(
+        cache.get(&k(9), NOW).is_none(),
+        "larger than the whole cache"
+    );
+    assert!(IntrospectionCache::new(100, 0).is_empty());
 }
