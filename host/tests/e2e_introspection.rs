@@ -10,16 +10,9 @@ mod support;
 
 use serde_json::{Value, json};
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use support::idp::{Idp, Mode};
 use support::*;
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
 
 fn config(idp: &Idp) -> Value {
     json!({
@@ -34,7 +27,7 @@ fn config(idp: &Idp) -> Value {
                 "client_id": Idp::CLIENT_ID,
                 "client_secret": Idp::CLIENT_SECRET,
                 "cache_ttl_seconds": 60,
-                "negative_cache_ttl_seconds": 1
+                "negative_cache_ttl_seconds": 2
             }
         }},
         "routes": [{"name": "orders", "match": {"prefix": "/orders"}, "requires": ["opaque"],
@@ -45,45 +38,18 @@ fn config(idp: &Idp) -> Value {
 /// A host with two workers (they share answers through shared data) whose `idp` cluster
 /// reaches the test provider.
 fn host(idp: &Idp, config: &Value) -> (Host, SocketAddr, EchoServer) {
-    let echo = echo("orders");
-    let (port, admin) = (free_port(), free_port());
-    let yaml = bootstrap(
-        vec![listener(
-            "ingress",
-            port,
-            vec![wasm_filter(
-                "portcullis",
-                &filter_wasm(),
-                &config.to_string(),
-                false,
-            )],
-            vec![route("/", "orders")],
-            None,
-        )],
-        vec![
-            cluster("orders", echo.addr(), false),
-            cluster("idp", idp.addr(), false),
-        ],
-        admin,
-    );
-    let host = Host::start_with(&yaml, admin, 2);
-    (host, ([127, 0, 0, 1], port).into(), echo)
+    let stack = filter_stack(&config.to_string(), vec![cluster("idp", idp.addr(), false)]);
+    let host = Host::start(&stack.yaml, stack.admin);
+    (host, stack.addr, stack.echo)
 }
 
 fn get(addr: SocketAddr, token: &str) -> Resp {
-    let auth = format!("Bearer {token}");
-    request(
-        addr,
-        "GET",
-        "/orders/1",
-        &[("authorization", auth.as_bytes())],
-        b"",
-    )
+    get_with_bearer(addr, "/orders/1", token)
 }
 
 fn answer(idp: &Idp, extra: Value) -> Value {
     let mut a = json!({"active": true, "sub": "u1", "scope": "orders:read", "client_id": "app",
-                       "iss": idp.issuer(), "aud": "orders", "exp": now() + 600});
+                       "iss": idp.issuer(), "aud": "orders", "exp": unix_now() + 600});
     for (k, v) in extra.as_object().unwrap() {
         a[k] = v.clone();
     }
@@ -95,7 +61,10 @@ fn opaque_tokens_through_the_host() {
     let idp = Idp::start();
     idp.add_opaque("tok-active", answer(&idp, json!({})));
     idp.add_opaque("tok-off", json!({"active": false}));
-    idp.add_opaque("tok-expired", answer(&idp, json!({"exp": now() - 3600})));
+    idp.add_opaque(
+        "tok-expired",
+        answer(&idp, json!({"exp": unix_now() - 3600})),
+    );
     idp.add_opaque("tok-billing", answer(&idp, json!({"aud": "billing"})));
     idp.add_opaque("tok-noscope", answer(&idp, json!({"scope": "profile"})));
     let (host, addr, _echo) = host(&idp, &config(&idp));
@@ -133,11 +102,12 @@ fn opaque_tokens_through_the_host() {
             );
         }
     }
-    // Refusals are reused briefly.
+    // Refusals are reused briefly. Deadlines are whole seconds, so a TTL of 2 s means at
+    // least one second of reuse, and 2.1 s later the refusal is surely stale.
     let calls = idp.hits("/introspect");
     assert_eq!(get(addr, "tok-off").status, 401);
     assert_eq!(idp.hits("/introspect"), calls);
-    std::thread::sleep(Duration::from_millis(1100));
+    std::thread::sleep(Duration::from_millis(2100));
     assert_eq!(get(addr, "tok-off").status, 401);
     assert_eq!(idp.hits("/introspect"), calls + 1);
 
