@@ -75,10 +75,10 @@ impl<'s> SharedTokens<'s> {
     pub fn get(&self, id: EntryId<'_>, now: u64) -> Option<(u64, Vec<u8>)> {
         let (value, _) = self.store.get(&self.key(id.hash))?;
         let header = value.get(..HEADER)?;
-        if header != encode_header(self.fingerprint, id, read_until(header)?).as_slice() {
+        let until = read_until(header)?;
+        if header != encode_header(self.fingerprint, id, until).as_slice() {
             return None;
         }
-        let until = read_until(header)?;
         (now < until).then(|| (until, value.get(HEADER..).unwrap_or_default().to_vec()))
     }
 

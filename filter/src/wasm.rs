@@ -15,6 +15,7 @@ use crate::audit::{self, AuditRecord};
 use crate::burst::{SharedStore, StoreError};
 use crate::cache::CacheKey;
 use crate::cache::TokenCache;
+use crate::config::provider::{Introspection, JwtProvider, Provider};
 use crate::config::{Config, ProviderKind};
 use crate::decision::{self, BodyPlan, Decision, Env, HeaderEdit, Refusal, Verdict, Wait, Waited};
 use crate::guard::{self, Stop};
@@ -194,14 +195,7 @@ impl Context for Root {
             return;
         }
         let now = now_ns();
-        let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
-            .ok()
-            .flatten()
-            .and_then(|s| std::str::from_utf8(&s).ok()?.parse().ok());
-        let bytes = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+        let (status, bytes) = http_call_response(body);
         let answer = self
             .worker
             .borrow_mut()
@@ -586,10 +580,7 @@ impl Core {
         key: CacheKey,
         from_root: bool,
     ) -> bool {
-        let Some(endpoint) = config.providers.get(provider).and_then(|p| match &p.kind {
-            ProviderKind::Jwt(jwt) => jwt.introspection.as_deref(),
-            ProviderKind::ApiKey(_) => None,
-        }) else {
+        let Some((p, _, endpoint)) = introspection_of(config, provider) else {
             return false;
         };
         let now = now_ns();
@@ -599,10 +590,7 @@ impl Core {
             if worker.introspecting.len() >= MAX_INTROSPECTIONS_IN_FLIGHT {
                 log_warn(&format!(
                     "portcullis: provider {}: {MAX_INTROSPECTIONS_IN_FLIGHT} introspection calls in flight; refusing more",
-                    config
-                        .providers
-                        .get(provider)
-                        .map_or("", |p| p.name.as_str())
+                    p.name
                 ));
                 return false;
             }
@@ -634,11 +622,7 @@ impl Core {
             Err(status) => {
                 log_warn(&format!(
                     "portcullis: provider {}: cannot call the introspection endpoint through cluster {:?}: {status:?}",
-                    config
-                        .providers
-                        .get(provider)
-                        .map_or("", |p| p.name.as_str()),
-                    endpoint.cluster
+                    p.name, endpoint.cluster
                 ));
                 false
             }
@@ -661,20 +645,10 @@ impl Core {
         let Some(config) = self.config.clone() else {
             return;
         };
-        let Some((p, jwt, endpoint)) = config.providers.get(provider).and_then(|p| match &p.kind {
-            ProviderKind::Jwt(jwt) => Some((p, jwt, jwt.introspection.as_deref()?)),
-            ProviderKind::ApiKey(_) => None,
-        }) else {
+        let Some((p, jwt, endpoint)) = introspection_of(&config, provider) else {
             return;
         };
-        let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
-            .ok()
-            .flatten()
-            .and_then(|s| std::str::from_utf8(&s).ok()?.parse().ok());
-        let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+        let (status, body) = http_call_response(body_size);
         let now = now_ns() / 1_000_000_000;
         match introspect::read_answer(jwt, endpoint, status, &body, now) {
             Ok((answer, until)) => {
@@ -995,6 +969,32 @@ impl SharedStore for HostStore {
 /// A header value as text; invalid UTF-8 becomes U+FFFD, which no credential contains.
 fn text(value: Vec<u8>) -> String {
     String::from_utf8(value).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// The answer to an HTTP callout, inside its callback: the status (`None` when the call
+/// failed without one) and up to `body_size` bytes of body.
+fn http_call_response(body_size: usize) -> (Option<u16>, Vec<u8>) {
+    let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
+        .ok()
+        .flatten()
+        .and_then(|s| std::str::from_utf8(&s).ok()?.parse().ok());
+    let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// A provider with an introspection endpoint: the provider, its token fields, the endpoint.
+fn introspection_of(
+    config: &Config,
+    provider: usize,
+) -> Option<(&Provider, &JwtProvider, &Introspection)> {
+    let p = config.providers.get(provider)?;
+    match &p.kind {
+        ProviderKind::Jwt(jwt) => Some((p, jwt, jwt.introspection.as_deref()?)),
+        ProviderKind::ApiKey(_) => None,
+    }
 }
 
 /// Now, from the host's clock, in nanoseconds since the Unix epoch.

@@ -8,7 +8,7 @@ mod support;
 use portcullis::jwt::{Algorithm, b64};
 use portcullis::mint::SigningKey;
 use serde_json::{Value, json};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use support::*;
 
 const API_KEY: &str = "e2e-key-0123456789";
@@ -42,10 +42,7 @@ fn config() -> Value {
 }
 
 fn token(claims: Value) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let now = unix_now();
     let mut base =
         json!({"iss": ISSUER, "aud": AUDIENCE, "sub": "alice", "iat": now, "exp": now + 300});
     for (k, v) in claims.as_object().unwrap() {
@@ -65,28 +62,11 @@ struct Setup {
 }
 
 fn setup(configuration: &str) -> Result<Setup, Exited> {
-    let echo = echo("orders");
-    let (port, admin) = (free_port(), free_port());
-    let yaml = bootstrap(
-        vec![listener(
-            "ingress",
-            port,
-            vec![wasm_filter(
-                "portcullis",
-                &filter_wasm(),
-                configuration,
-                false,
-            )],
-            vec![route("/", "orders")],
-            None,
-        )],
-        vec![cluster("orders", echo.addr(), false)],
-        admin,
-    );
-    Host::try_start(&yaml, admin).map(|host| Setup {
+    let stack = filter_stack(configuration, Vec::new());
+    Host::try_start(&stack.yaml, stack.admin).map(|host| Setup {
         host,
-        port,
-        _echo: echo,
+        port: stack.addr.port(),
+        _echo: stack.echo,
     })
 }
 

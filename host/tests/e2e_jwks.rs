@@ -10,19 +10,12 @@ mod support;
 
 use serde_json::{Value, json};
 use std::net::SocketAddr;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use support::idp::{Idp, Mode};
 use support::*;
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
 fn claims(idp: &Idp) -> Value {
-    json!({"iss": idp.issuer(), "sub": "alice", "aud": "orders", "exp": now() + 600})
+    json!({"iss": idp.issuer(), "sub": "alice", "aud": "orders", "exp": unix_now() + 600})
 }
 
 /// The filter's configuration with one provider whose keys come from `remote_jwks`.
@@ -36,40 +29,13 @@ fn config(idp: &Idp, remote_jwks: Value, discovery: bool) -> Value {
 
 /// A host with two workers whose `idp` cluster reaches the test provider.
 fn host(idp: &Idp, config: &Value) -> (Host, SocketAddr, EchoServer) {
-    let echo = echo("orders");
-    let (port, admin) = (free_port(), free_port());
-    let yaml = bootstrap(
-        vec![listener(
-            "ingress",
-            port,
-            vec![wasm_filter(
-                "portcullis",
-                &filter_wasm(),
-                &config.to_string(),
-                false,
-            )],
-            vec![route("/", "orders")],
-            None,
-        )],
-        vec![
-            cluster("orders", echo.addr(), false),
-            cluster("idp", idp.addr(), false),
-        ],
-        admin,
-    );
-    let host = Host::start_with(&yaml, admin, 2);
-    (host, ([127, 0, 0, 1], port).into(), echo)
+    let stack = filter_stack(&config.to_string(), vec![cluster("idp", idp.addr(), false)]);
+    let host = Host::start(&stack.yaml, stack.admin);
+    (host, stack.addr, stack.echo)
 }
 
 fn get(addr: SocketAddr, token: &str) -> Resp {
-    let auth = format!("Bearer {token}");
-    request(
-        addr,
-        "GET",
-        "/orders/1",
-        &[("authorization", auth.as_bytes())],
-        b"",
-    )
+    get_with_bearer(addr, "/orders/1", token)
 }
 
 /// Polls `f` every 50 ms until it holds, at most `within`.

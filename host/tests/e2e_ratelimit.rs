@@ -93,29 +93,9 @@ fn filter_config(failure_mode_deny: bool) -> Value {
 
 /// A host whose `ratelimit` cluster points at `rls` (HTTP/2).
 fn host(config: &Value, rls: SocketAddr) -> (Host, SocketAddr, EchoServer) {
-    let echo = echo("orders");
-    let (port, admin) = (free_port(), free_port());
-    let yaml = bootstrap(
-        vec![listener(
-            "ingress",
-            port,
-            vec![wasm_filter(
-                "portcullis",
-                &filter_wasm(),
-                &config.to_string(),
-                false,
-            )],
-            vec![route("/", "orders")],
-            None,
-        )],
-        vec![
-            cluster("orders", echo.addr(), false),
-            cluster("ratelimit", rls, true),
-        ],
-        admin,
-    );
-    let host = Host::start(&yaml, admin);
-    (host, ([127, 0, 0, 1], port).into(), echo)
+    let stack = filter_stack(&config.to_string(), vec![cluster("ratelimit", rls, true)]);
+    let host = Host::start(&stack.yaml, stack.admin);
+    (host, stack.addr, stack.echo)
 }
 
 /// One test, run in sequence: ports picked by parallel tests (and the service's ephemeral
@@ -261,11 +241,7 @@ fn two_hosts_and_two_replicas_on_redis_allow_exactly_the_limit() {
     let (_host_b, addr_b, _echo_b) = host(&config, rls_b.grpc);
 
     // The hour window is clock-aligned: stay clear of its boundary so that one window counts.
-    let into_hour = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        % 3600;
+    let into_hour = unix_now() % 3600;
     if into_hour > 3570 {
         std::thread::sleep(Duration::from_secs(3600 - into_hour + 1));
     }

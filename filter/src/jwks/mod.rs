@@ -74,8 +74,10 @@ pub struct Answer {
 struct Entry {
     provider: usize,
     name: String,
-    /// Prefix of its shared-data keys.
+    /// Its shared-data keys: the set, the fetch lease, the last unknown-`kid` refetch.
     key: String,
+    lease_key: String,
+    refetch_key: String,
     remote: RemoteJwks,
     issuer: Option<String>,
     keys: Option<Arc<KeySet>>,
@@ -104,20 +106,10 @@ impl RemoteKeys {
             .iter()
             .enumerate()
             .filter_map(|(i, p)| match &p.kind {
-                ProviderKind::Jwt(jwt) => jwt.remote.as_ref().map(|remote| Entry {
-                    provider: i,
-                    name: p.name.clone(),
-                    key: shared_key(&p.name, remote, jwt.issuer.as_deref()),
-                    jwks_at: (!remote.discovery)
-                        .then(|| (remote.authority.clone(), remote.path.clone())),
-                    remote: RemoteJwks::clone(remote),
-                    issuer: jwt.issuer.clone(),
-                    keys: None,
-                    version: None,
-                    keys_hash: 0,
-                    fetched_at_ns: 0,
-                    in_flight: None,
-                }),
+                ProviderKind::Jwt(jwt) => jwt
+                    .remote
+                    .as_ref()
+                    .map(|remote| Entry::new(i, &p.name, remote, jwt.issuer.as_deref())),
                 ProviderKind::ApiKey(_) => None,
             })
             .collect();
@@ -130,9 +122,8 @@ impl RemoteKeys {
     /// loaded, before the first tick.
     pub fn init_shared(&self, store: &dyn SharedStore) {
         for e in &self.entries {
-            let key = format!("{}.lease", e.key);
-            if store.get(&key).is_none() {
-                let _ = store.set(&key, lease_value(0, 0).as_bytes(), None);
+            if store.get(&e.lease_key).is_none() {
+                let _ = store.set(&e.lease_key, lease_value(0, 0).as_bytes(), None);
             }
         }
     }
@@ -281,8 +272,7 @@ impl RemoteKeys {
         let Some(e) = self.entry_mut(provider) else {
             return Refetch::Throttled;
         };
-        let key = format!("{}.refetch", e.key);
-        let current = store.get(&key);
+        let current = store.get(&e.refetch_key);
         let last = current.as_ref().map_or(0, |(v, _)| hex_u64(v, 0));
         if last > e.fetched_at_ns {
             return Refetch::Pending;
@@ -295,7 +285,11 @@ impl RemoteKeys {
             return Refetch::Throttled;
         }
         let value = format!("{now_ns:016x}");
-        match store.set(&key, value.as_bytes(), current.map(|(_, cas)| cas)) {
+        match store.set(
+            &e.refetch_key,
+            value.as_bytes(),
+            current.map(|(_, cas)| cas),
+        ) {
             // Lost a race: another request asked first; wait for that refetch.
             Ok(()) | Err(_) => Refetch::Pending,
         }
@@ -311,6 +305,25 @@ impl RemoteKeys {
 }
 
 impl Entry {
+    fn new(provider: usize, name: &str, remote: &RemoteJwks, issuer: Option<&str>) -> Self {
+        let key = shared_key(name, remote, issuer);
+        Entry {
+            provider,
+            name: name.to_owned(),
+            lease_key: format!("{key}.lease"),
+            refetch_key: format!("{key}.refetch"),
+            key,
+            jwks_at: (!remote.discovery).then(|| (remote.authority.clone(), remote.path.clone())),
+            remote: remote.clone(),
+            issuer: issuer.map(str::to_owned),
+            keys: None,
+            version: None,
+            keys_hash: 0,
+            fetched_at_ns: 0,
+            in_flight: None,
+        }
+    }
+
     /// Installs the shared set if it was stored since this worker last looked: `None` if
     /// not, else whether the keys changed (a refresh that brought the same document only
     /// renews `fetched_at`).
@@ -349,16 +362,15 @@ impl Entry {
             return true;
         }
         store
-            .get(&format!("{}.refetch", self.key))
+            .get(&self.refetch_key)
             .is_some_and(|(v, _)| hex_u64(&v, 0) > self.fetched_at_ns)
     }
 
     /// Takes the fetch lease when nobody holds it and no back-off runs (with CAS, so one
     /// worker wins; a missing lease is created free and taken on a later tick).
     fn take_lease(&self, store: &dyn SharedStore, now_ns: u64) -> bool {
-        let key = format!("{}.lease", self.key);
-        let Some((current, cas)) = store.get(&key) else {
-            let _ = store.set(&key, lease_value(0, 0).as_bytes(), None);
+        let Some((current, cas)) = store.get(&self.lease_key) else {
+            let _ = store.set(&self.lease_key, lease_value(0, 0).as_bytes(), None);
             return false;
         };
         let (until, failures) = (hex_u64(&current, 0), hex_u64(&current, 16));
@@ -366,14 +378,17 @@ impl Entry {
             return false;
         }
         let value = lease_value(now_ns.saturating_add(self.lease_ns()), failures);
-        store.set(&key, value.as_bytes(), Some(cas)).is_ok()
+        store
+            .set(&self.lease_key, value.as_bytes(), Some(cas))
+            .is_ok()
     }
 
     fn extend_lease(&self, store: &dyn SharedStore, now_ns: u64) {
-        let key = format!("{}.lease", self.key);
-        let failures = store.get(&key).map_or(0, |(v, _)| hex_u64(&v, 16));
+        let failures = store
+            .get(&self.lease_key)
+            .map_or(0, |(v, _)| hex_u64(&v, 16));
         let value = lease_value(now_ns.saturating_add(self.lease_ns()), failures);
-        let _ = store.set(&key, value.as_bytes(), None);
+        let _ = store.set(&self.lease_key, value.as_bytes(), None);
     }
 
     /// The fetch's deadline and a second of slack: long enough that nobody else fetches
@@ -387,8 +402,9 @@ impl Entry {
 
     /// After a failure: nobody fetches before the back-off (base × 2^failures, capped) ends.
     fn back_off(&self, store: &dyn SharedStore, now_ns: u64) {
-        let key = format!("{}.lease", self.key);
-        let failures = store.get(&key).map_or(0, |(v, _)| hex_u64(&v, 16));
+        let failures = store
+            .get(&self.lease_key)
+            .map_or(0, |(v, _)| hex_u64(&v, 16));
         let delay_ms = self
             .remote
             .retry_base_ms
@@ -396,7 +412,7 @@ impl Entry {
             .min(self.remote.retry_max_ms);
         let until = now_ns.saturating_add(delay_ms.saturating_mul(NANOS_PER_MS));
         let _ = store.set(
-            &key,
+            &self.lease_key,
             lease_value(until, failures.saturating_add(1)).as_bytes(),
             None,
         );
@@ -448,11 +464,7 @@ impl Entry {
         store
             .set(&self.key, &value, None)
             .map_err(|e| format!("shared data: {e}"))?;
-        let _ = store.set(
-            &format!("{}.lease", self.key),
-            lease_value(0, 0).as_bytes(),
-            None,
-        );
+        let _ = store.set(&self.lease_key, lease_value(0, 0).as_bytes(), None);
         Ok(self.install_shared(store))
     }
 }

@@ -28,13 +28,34 @@ fn jwks() -> Vec<u8> {
     public_jwks_json().to_string().into_bytes()
 }
 
+/// Two workers of one configuration on one store, leases created.
+fn two_workers(config: &Config, store: &MemoryStore) -> (RemoteKeys, RemoteKeys) {
+    let (a, b) = (RemoteKeys::new(config), RemoteKeys::new(config));
+    a.init_shared(store);
+    b.init_shared(store);
+    (a, b)
+}
+
+/// A poll that starts exactly one fetch, which gets `status` and `body` back.
+fn fetch_once(
+    keys: &mut RemoteKeys,
+    store: &MemoryStore,
+    now: u64,
+    token: u32,
+    status: Option<u16>,
+    body: &[u8],
+) -> Answer {
+    let (_, fetches) = keys.poll(store, now);
+    assert_eq!(fetches.len(), 1, "{fetches:?}");
+    keys.started(&fetches[0], token);
+    keys.on_response(token, status, body, store, now)
+}
+
 #[test]
 fn one_worker_fetches_and_every_worker_installs_the_set() {
     let config = direct();
     let store = MemoryStore::default();
-    let (mut a, mut b) = (RemoteKeys::new(&config), RemoteKeys::new(&config));
-    a.init_shared(&store);
-    b.init_shared(&store);
+    let (mut a, mut b) = two_workers(&config, &store);
     let now = 1_000 * SECOND;
 
     let (changed, fetches) = a.poll(&store, now);
@@ -75,38 +96,28 @@ fn one_worker_fetches_and_every_worker_installs_the_set() {
 fn failures_back_off_for_every_worker_and_keep_the_last_good_set() {
     let config = direct();
     let store = MemoryStore::default();
-    let (mut a, mut b) = (RemoteKeys::new(&config), RemoteKeys::new(&config));
-    a.init_shared(&store);
-    b.init_shared(&store);
+    let (mut a, mut b) = two_workers(&config, &store);
     let now = 1_000 * SECOND;
-    let (_, f) = a.poll(&store, now);
-    a.started(&f[0], 1);
-    let answer = a.on_response(1, Some(503), b"", &store, now);
+    let answer = fetch_once(&mut a, &store, now, 1, Some(503), b"");
     assert_eq!(
         answer.error.as_deref(),
         Some("provider idp: JWKS fetch failed: HTTP status 503")
     );
     // 100 ms back-off for everyone, then 200 ms after the next failure.
     assert!(b.poll(&store, now + 50_000_000).1.is_empty());
-    let (_, f) = b.poll(&store, now + 100_000_000);
-    assert_eq!(f.len(), 1);
-    b.started(&f[0], 2);
-    let answer = b.on_response(2, Some(200), b"not json", &store, now + 100_000_000);
+    let answer = fetch_once(&mut b, &store, now + 100_000_000, 2, Some(200), b"not json");
     assert!(answer.error.unwrap().contains("not JSON"));
     assert!(a.poll(&store, now + 250_000_000).1.is_empty());
-    let (_, f) = a.poll(&store, now + 300_000_000);
-    a.started(&f[0], 3);
-    assert_eq!(
-        a.on_response(3, Some(200), &jwks(), &store, now + 300_000_000)
-            .installed,
-        Some((0, true))
-    );
+    let answer = fetch_once(&mut a, &store, now + 300_000_000, 3, Some(200), &jwks());
+    assert_eq!(answer.installed, Some((0, true)));
 
     // Refresh fails: the last good set stays.
     let later = now + 100 * SECOND;
-    let (_, f) = a.poll(&store, later);
-    a.started(&f[0], 4);
-    assert!(a.on_response(4, None, b"", &store, later).error.is_some());
+    assert!(
+        fetch_once(&mut a, &store, later, 4, None, b"")
+            .error
+            .is_some()
+    );
     assert!(a.keys(0).is_some());
     assert!(b.poll(&store, later).0 == vec![(0, true)] && b.keys(0).is_some());
 }
@@ -124,26 +135,18 @@ fn a_set_without_usable_keys_is_refused() {
 fn unknown_kid_refetches_are_throttled_across_workers() {
     let config = direct();
     let store = MemoryStore::default();
-    let (mut a, mut b) = (RemoteKeys::new(&config), RemoteKeys::new(&config));
-    a.init_shared(&store);
-    b.init_shared(&store);
+    let (mut a, mut b) = two_workers(&config, &store);
     let now = 1_000 * SECOND;
-    let (_, f) = a.poll(&store, now);
-    a.started(&f[0], 1);
-    a.on_response(1, Some(200), &jwks(), &store, now);
+    fetch_once(&mut a, &store, now, 1, Some(200), &jwks());
     b.poll(&store, now);
 
     let t = now + 5 * SECOND;
     assert_eq!(a.request_refetch(0, &store, t), Refetch::Pending);
     // Asked for and not done yet: another request waits for the same refetch.
     assert_eq!(b.request_refetch(0, &store, t), Refetch::Pending);
-    let (_, f) = b.poll(&store, t);
-    assert_eq!(f.len(), 1, "the refetch is due");
-    b.started(&f[0], 2);
-    assert_eq!(
-        b.on_response(2, Some(200), &jwks(), &store, t).installed,
-        Some((0, false))
-    );
+    // The refetch is due.
+    let answer = fetch_once(&mut b, &store, t, 2, Some(200), &jwks());
+    assert_eq!(answer.installed, Some((0, false)));
     assert_eq!(a.poll(&store, t).0, vec![(0, false)]);
     // Within the interval (30 s by default): refused at once.
     assert_eq!(

@@ -172,6 +172,68 @@ pub fn bootstrap(listeners: Vec<Value>, clusters: Vec<Value>, admin_port: u16) -
     .unwrap()
 }
 
+/// The common end-to-end shape: one listener (`ingress`) with the portcullis filter
+/// (`configuration`) in front of an `orders` echo service, plus `clusters` the filter calls.
+pub struct FilterStack {
+    /// The bootstrap to start the host with.
+    pub yaml: String,
+    /// Its admin port.
+    pub admin: u16,
+    /// The filtered listener.
+    pub addr: SocketAddr,
+    /// The upstream, alive as long as the stack.
+    pub echo: EchoServer,
+}
+
+/// See [`FilterStack`].
+pub fn filter_stack(configuration: &str, clusters: Vec<Value>) -> FilterStack {
+    let echo = echo("orders");
+    let (port, admin) = (free_port(), free_port());
+    let mut all = vec![cluster("orders", echo.addr(), false)];
+    all.extend(clusters);
+    let yaml = bootstrap(
+        vec![listener(
+            "ingress",
+            port,
+            vec![wasm_filter(
+                "portcullis",
+                &filter_wasm(),
+                configuration,
+                false,
+            )],
+            vec![route("/", "orders")],
+            None,
+        )],
+        all,
+        admin,
+    );
+    FilterStack {
+        yaml,
+        admin,
+        addr: ([127, 0, 0, 1], port).into(),
+        echo,
+    }
+}
+
+/// `GET path` with `Authorization: Bearer <token>`.
+pub fn get_with_bearer(addr: SocketAddr, path: &str, token: &str) -> Resp {
+    let auth = format!("Bearer {token}");
+    request(
+        addr,
+        "GET",
+        path,
+        &[("authorization", auth.as_bytes())],
+        b"",
+    )
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 // ---------------------------------------------------------------------------------------------
 // The host process.
 
