@@ -4,7 +4,7 @@ WASM_TARGET := wasm32-wasip1
 WASM := target/$(WASM_TARGET)/release/portcullis.wasm
 CARGO ?= cargo
 
-.PHONY: all build setup run test test-modules lint fmt bench clean
+.PHONY: all build setup run test test-modules lint fmt bench clean certs check-deploy deploy-setup
 
 all: build
 
@@ -41,9 +41,24 @@ lint: setup
 test-modules: setup
 	$(CARGO) build --release --locked --target $(WASM_TARGET) -p portcullis-test-module
 
-## test: lint, unit and conformance tests, the wasm build.
-test: lint build test-modules
+## test: lint, unit and conformance tests, the wasm build, the end-to-end suites, and the
+## deployment files checked against their real schemas.
+test: lint build test-modules check-deploy
 	$(CARGO) test --locked --workspace --exclude portcullis-bench
+
+## certs: the demo CA and the certificates of the demo stack (deploy/certs, kept if present).
+certs:
+	./scripts/make-certs.sh deploy/certs
+
+## deploy-setup: the checkers' own tools, in target/ (a Python venv with pinned packages).
+VENV := target/check-venv
+deploy-setup:
+	@test -x $(VENV)/bin/python || python3 -m venv $(VENV)
+	@$(VENV)/bin/pip install -q --disable-pip-version-check -r deploy/check/requirements.txt
+
+## check-deploy: envoy/, docker-compose.yml and deploy/ checked against Envoy's v3 API, the
+## Compose specification and Istio's CRDs (deploy/check/).
+check-deploy: deploy-setup
 
 ## bench: per-request cost natively, inside wasmtime and inside the host's ABI; whole requests over
 ## loopback; the rate-limit service's throughput next to redis-benchmark (prints figures, never
