@@ -18,6 +18,7 @@ pub mod ipset;
 pub mod json_limits;
 pub mod jwks;
 pub mod jwt;
+pub mod metrics;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod mint;
 pub mod path;

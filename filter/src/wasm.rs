@@ -21,14 +21,16 @@ use crate::decision::{self, BodyPlan, Decision, Env, HeaderEdit, Refusal, Verdic
 use crate::guard::{self, Stop};
 use crate::introspect::{self, Introspected, IntrospectionCache};
 use crate::jwks::{Fetch, Refetch, RemoteKeys};
+use crate::metrics::{self, Outcome, Series};
 use crate::ratelimit::{self, proto};
 use crate::reply;
 use crate::request::{Request, split_host_port};
 use crate::shared_cache::{EntryId, Kind, SharedTokens};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, Status};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant, UNIX_EPOCH};
@@ -70,6 +72,9 @@ struct Worker {
     /// Calls the root sent for a stream it resumed (the SDK delivers their answers to the
     /// root): the call and the stream.
     calls: Vec<(Callout, Weak<RefCell<Core>>)>,
+    /// Stat ids of the metric series this worker defined (ids are per VM; the stats behind
+    /// them are Envoy's, shared by name).
+    metrics: HashMap<Series, u32>,
 }
 
 /// A callout's token, by kind (HTTP and gRPC tokens may overlap).
@@ -313,6 +318,8 @@ struct Seen {
     path: String,
     decision: Decision,
     latency_us: u64,
+    /// The refusal came from the body phase.
+    body_refused: bool,
 }
 
 /// The request's headers and connection facts, kept while it waits for keys.
@@ -529,6 +536,7 @@ impl Core {
                 .unwrap_or_else(|| req.path().to_owned()),
             decision,
             latency_us,
+            body_refused: false,
         });
         match call {
             None | Some(Ask::Wait) => Flow::Pause,
@@ -790,25 +798,39 @@ impl Core {
         }
     }
 
-    /// The audit line.
+    /// The audit line and the metrics of the finished request.
     fn log(&self) {
         let time = audit::rfc3339(now_ns());
         let (Some(seen), Some(config)) = (&self.seen, &self.config) else {
             // Envoy (or an earlier filter) answered before the request reached this filter,
             // or the client left while the request waited for keys.
+            let reason = if self.held.is_some() {
+                "abandoned_while_waiting"
+            } else {
+                "not_seen"
+            };
             let record = AuditRecord {
                 time,
                 request_id: self.held.as_ref().map_or("", |h| h.request_id.as_str()),
                 decision: "none",
-                reason: if self.held.is_some() {
-                    "abandoned_while_waiting"
-                } else {
-                    "not_seen"
-                },
+                reason,
                 status: self.status,
                 ..AuditRecord::default()
             };
             log_info(&record.to_json());
+            if let Some(config) = &self.config {
+                self.count(
+                    config,
+                    &Outcome {
+                        decision: None,
+                        verdict: "none",
+                        reason,
+                        rate_limit: None,
+                        body_refused: false,
+                        latency_us: 0,
+                    },
+                );
+            }
             return;
         };
         let d = &seen.decision;
@@ -818,6 +840,7 @@ impl Core {
             .map(|r| r.name.as_str());
         let identity = d.identity.as_ref();
         let client_ip = d.client_ip.map(|ip| ip.to_string());
+        let verdict = metrics::verdict_word(d);
         let record = AuditRecord {
             time,
             request_id: &seen.request_id,
@@ -830,11 +853,7 @@ impl Core {
                 .map(|p| p.name.as_str()),
             subject: identity.and_then(|i| i.subject()),
             consumer: identity.and_then(|i| i.consumer(config)),
-            decision: match &d.verdict {
-                Verdict::Allow => "allow",
-                Verdict::Refuse(r) if r.shadow => "shadow_deny",
-                Verdict::Refuse(_) => "deny",
-            },
+            decision: verdict,
             reason: d.reason,
             rule: d.rule.as_deref(),
             status: self.status,
@@ -842,6 +861,44 @@ impl Core {
             rate_limit: self.rate_limit,
         };
         log_info(&record.to_json());
+        self.count(
+            config,
+            &Outcome {
+                decision: Some(d),
+                verdict,
+                reason: d.reason,
+                rate_limit: self.rate_limit,
+                body_refused: seen.body_refused,
+                latency_us: seen.latency_us,
+            },
+        );
+    }
+
+    /// Adds the finished request to its metric series, defining each series' stat the first
+    /// time this worker meets it.
+    fn count(&self, config: &Config, outcome: &Outcome<'_>) {
+        let mut worker = self.worker.borrow_mut();
+        for (series, value) in metrics::of_request(config, outcome) {
+            let id = match worker.metrics.get(&series) {
+                Some(id) => *id,
+                None => {
+                    let kind = match series.kind() {
+                        metrics::Kind::Counter => MetricType::Counter,
+                        metrics::Kind::Histogram => MetricType::Histogram,
+                    };
+                    let Ok(id) = hostcalls::define_metric(kind, &series.stat_name(config)) else {
+                        continue;
+                    };
+                    worker.metrics.insert(series, id);
+                    id
+                }
+            };
+            // Errors (an unknown id after a host restart of stats) only lose one sample.
+            let _ = match series.kind() {
+                metrics::Kind::Counter => hostcalls::increment_metric(id, 1),
+                metrics::Kind::Histogram => hostcalls::record_metric(id, value),
+            };
+        }
     }
 
     /// `source.address` without its port (`1.2.3.4:5678`, `[::1]:5678`), as an address.
@@ -929,6 +986,7 @@ impl Core {
 
     fn record_body_refusal(&mut self, stop: Stop) {
         if let Some(seen) = &mut self.seen {
+            seen.body_refused = true;
             seen.decision.verdict = Verdict::Refuse(stop.refusal);
             seen.decision.reason = stop.reason;
             seen.decision.rule = stop.rule;
