@@ -523,6 +523,9 @@ impl Core {
                         }
                     };
                 }
+                if config.clear_route_cache && !decision.edits.is_empty() {
+                    clear_route_cache();
+                }
                 self.body = decision.body;
                 Some(self.ask_rate_limit_service(&config, &decision, &req, from_root))
             }
@@ -1056,6 +1059,13 @@ fn introspection_of(
 }
 
 /// Now, from the host's clock, in nanoseconds since the Unix epoch.
+/// Makes Envoy pick the route again from the edited headers (routing by identity). Since Envoy
+/// 1.33 a wasm filter's header edits no longer do that by themselves; older Envoy has no such
+/// function (NotFound) but re-routes on every edit anyway.
+fn clear_route_cache() {
+    let _ = hostcalls::call_foreign_function("clear_route_cache", None);
+}
+
 fn now_ns() -> u64 {
     hostcalls::get_current_time()
         .ok()

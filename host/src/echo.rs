@@ -5,10 +5,15 @@
 //!
 //! Test hooks: request header `x-echo-delay-ms: N` delays the answer (route timeouts),
 //! `x-echo-status: N` sets the status.
+//!
+//! Static files (`portcullis-echo --file /.well-known/jwks.json=jwks.json`): a GET of that exact
+//! path answers the file as `application/json` instead, so the demo stack's identity provider
+//! (its JWKS) is an echo service too.
 
 use crate::proxy::body::{ProxyBody, full};
 use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,11 +54,25 @@ fn answer(name: &str, parts: &http::request::Parts, body: &[u8]) -> (u16, String
     (status, json.to_string())
 }
 
+/// Files served at exact paths (URL path → content), instead of the echo.
+pub type Files = Arc<HashMap<String, Vec<u8>>>;
+
 async fn respond(
     name: Arc<str>,
+    files: Files,
     req: http::Request<hyper::body::Incoming>,
 ) -> Result<http::Response<ProxyBody>, std::convert::Infallible> {
     let (parts, body) = req.into_parts();
+    if parts.method == http::Method::GET
+        && let Some(content) = files.get(parts.uri.path())
+    {
+        let mut resp = http::Response::new(full(content.clone()));
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        return Ok(resp);
+    }
     let body = body
         .collect()
         .await
@@ -80,6 +99,7 @@ async fn respond(
 pub async fn serve(
     listener: tokio::net::TcpListener,
     name: String,
+    files: Files,
     tls: Option<Arc<rustls::ServerConfig>>,
 ) {
     let name: Arc<str> = name.into();
@@ -89,9 +109,12 @@ pub async fn serve(
             continue;
         };
         let name = Arc::clone(&name);
+        let files = Arc::clone(&files);
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| respond(Arc::clone(&name), req));
+            let service = hyper::service::service_fn(move |req| {
+                respond(Arc::clone(&name), Arc::clone(&files), req)
+            });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             match acceptor {
                 None => {
@@ -137,7 +160,7 @@ impl EchoServer {
                         return;
                     };
                     tokio::select! {
-                        _ = serve(listener, name, tls) => {}
+                        _ = serve(listener, name, Files::default(), tls) => {}
                         _ = rx => {}
                     }
                 });

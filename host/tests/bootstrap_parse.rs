@@ -377,7 +377,7 @@ static_resources:
                         - match: { prefix: /a, query_parameters: [{ name: q }] }
                           route: { cluster: c, retry_policy: { num_retries: 2 } }
                         - match: { prefix: /r }
-                          redirect: { https_redirect: true }
+                          redirect: { https_redirect: true, prefix_rewrite: /x }
                         - match: { path_separated_prefix: /p }
                           route: { cluster: c }
                         - match: { prefix: /w }
@@ -431,7 +431,7 @@ static_resources:
         format!("{fc}.filters[0]: network filter \"envoy.filters.network.ratelimit\" (envoy.extensions.filters.network.ratelimit.v3.RateLimit) is not implemented by portcullis-host (filter skipped)"),
         ni(&format!("{vh}.routes[0].match.query_parameters")),
         ni(&format!("{vh}.routes[0].route.retry_policy")),
-        format!("{vh}.routes[1].redirect: route action not implemented by portcullis-host (route skipped)"),
+        ni(&format!("{vh}.routes[1].redirect.prefix_rewrite")),
         format!("{vh}.routes[2].match.path_separated_prefix: path specifier not implemented by portcullis-host (route skipped)"),
         format!("{vh}.routes[3].route.weighted_clusters: cluster specifier not implemented by portcullis-host (route skipped)"),
         ni(&format!("{vh}.require_tls")),
@@ -467,12 +467,12 @@ static_resources:
     let mut dedup = got.clone();
     dedup.dedup();
     assert_eq!(dedup.len(), got.len());
-    // Skipped routes and filters are gone, the rest is kept.
+    // Skipped routes and filters are gone, the rest (a route and a redirect) is kept.
     let vhost = &b.listeners[0].filter_chains[0]
         .http
         .route_config
         .virtual_hosts[0];
-    assert_eq!(vhost.routes.len(), 1);
+    assert_eq!(vhost.routes.len(), 2);
     assert_eq!(b.listeners[0].filter_chains[0].http.http_filters.len(), 2);
     assert!(b.stats_tags.is_empty());
     assert_eq!(b.clusters[0].lb_policy, LbPolicy::RoundRobin);

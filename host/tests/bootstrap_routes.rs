@@ -217,3 +217,34 @@ fn route_matching() {
         "any_header"
     );
 }
+
+#[test]
+fn redirects_build_envoys_location() {
+    let rc = rc(r#"
+                  virtual_hosts:
+                    - name: v
+                      domains: ["*"]
+                      routes:
+                        - { name: https, match: { prefix: /a }, redirect: { https_redirect: true, port_redirect: 8443 } }
+                        - { name: other, match: { prefix: /b }, redirect: { host_redirect: example.net, path_redirect: /new, response_code: PERMANENT_REDIRECT, strip_query: true } }
+                        - { name: scheme, match: { prefix: /c }, redirect: { scheme_redirect: HTTPS } }
+"#);
+    let redirect = |path: &str| {
+        let r = rc.select("gw.test:8080", path, &[]).unwrap();
+        match &r.action {
+            bootstrap::RouteAction::Redirect(r) => {
+                (r.status, r.location("http", "gw.test:8080", path))
+            }
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(
+        redirect("/a/x?q=1"),
+        (301, "https://gw.test:8443/a/x?q=1".to_owned())
+    );
+    assert_eq!(
+        redirect("/b?q=1"),
+        (308, "http://example.net:8080/new".to_owned())
+    );
+    assert_eq!(redirect("/c"), (301, "https://gw.test/c".to_owned()));
+}

@@ -47,6 +47,9 @@ pub struct Config {
     /// `forward_payload_header`): removed from every incoming request so clients cannot forge
     /// them.
     pub protected_headers: Vec<String>,
+    /// Some provider routes by identity (`clear_route_cache`): after the filter edits a
+    /// passing request's headers, Envoy must pick its route again.
+    pub clear_route_cache: bool,
     /// Proxies in front of Envoy whose `X-Forwarded-For` entries are trusted (see
     /// [`crate::client_ip`]).
     pub xff_num_trusted_hops: u32,
@@ -176,6 +179,7 @@ fn read_config(cx: &mut Ctx, doc: &Value) -> Option<Config> {
     };
     top.finish(cx);
     let protected_headers = protected_headers(&identity_headers, &providers);
+    let clear_route_cache = providers.iter().any(|p| p.clear_route_cache);
     Some(Config {
         realm: realm.to_owned(),
         providers,
@@ -186,6 +190,7 @@ fn read_config(cx: &mut Ctx, doc: &Value) -> Option<Config> {
         fingerprint: 0,
         identity_headers,
         protected_headers,
+        clear_route_cache,
         xff_num_trusted_hops,
         ip_filter,
         limits,

@@ -12,6 +12,9 @@ pub struct Provider {
     pub name: String,
     /// Failures of this provider are recorded but never refuse a request.
     pub shadow: bool,
+    /// Envoy picks the route again after the filter set this provider's identity headers
+    /// (Envoy jwt_authn's `clear_route_cache`), so routes can match on them.
+    pub clear_route_cache: bool,
     /// What kind of credential it checks.
     pub kind: ProviderKind,
 }
@@ -236,6 +239,7 @@ fn read_provider(cx: &mut Ctx, name: &str, v: &Value, path: &str) -> Option<Prov
     let mut o = Obj::new(cx, v, path)?;
     let kind_name = o.str(cx, "type").unwrap_or("jwt");
     let shadow = o.bool(cx, "shadow", false);
+    let clear_route_cache = o.bool(cx, "clear_route_cache", false);
     let kind = match kind_name {
         "jwt" => read_jwt(cx, &mut o).map(ProviderKind::Jwt),
         "introspection" => read_introspection(cx, &mut o).map(ProviderKind::Jwt),
@@ -254,6 +258,7 @@ fn read_provider(cx: &mut Ctx, name: &str, v: &Value, path: &str) -> Option<Prov
     Some(Provider {
         name: name.to_owned(),
         shadow,
+        clear_route_cache,
         kind: kind?,
     })
 }

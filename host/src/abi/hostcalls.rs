@@ -142,12 +142,23 @@ fn add_misc(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_call_foreign_function",
-        |c: C<'_>, _np: i32, _nl: i32, _ap: i32, _al: i32, _rp: i32, _rl: i32| {
+        |mut c: C<'_>, np: i32, nl: i32, _ap: i32, _al: i32, _rp: i32, _rl: i32| {
             finish((|| {
                 running(&c, "proxy_call_foreign_function")?;
-                // No foreign functions (EWASM `foreign.cc` compress, declare_property, …):
-                // an unknown name is NotFound in Envoy.
-                Err(Status::NotFound.into())
+                let name = read(&mut c, np, nl)?;
+                match name.as_slice() {
+                    // EWASM `foreign.cc` (Envoy >= 1.33): clears the route cache of the
+                    // effective stream, if there is one; Ok either way, no result.
+                    b"clear_route_cache" => {
+                        if let Some(st) = c.data_mut().effective_stream_mut() {
+                            st.route_cache_cleared = true;
+                        }
+                        Ok(Status::Ok)
+                    }
+                    // The others (compress, declare_property, set_envoy_filter_state, expr_*)
+                    // are not provided; an unknown name is NotFound in Envoy.
+                    _ => Err(Status::NotFound.into()),
+                }
             })())
         },
     )?;

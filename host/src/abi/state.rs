@@ -42,6 +42,9 @@ pub(crate) struct StreamState {
     pub(crate) force_stop: bool,
     /// `proxy_set_property` values (Envoy filter state `wasm.<path>`).
     pub(crate) filter_state: HashMap<Vec<u8>, Vec<u8>>,
+    /// The `clear_route_cache` foreign function was called: the proxy picks the route again
+    /// from the headers as they are after the filter.
+    pub(crate) route_cache_cleared: bool,
 }
 
 impl StreamState {
@@ -56,6 +59,7 @@ impl StreamState {
             local_reply_sent: false,
             force_stop: false,
             filter_state: HashMap::new(),
+            route_cache_cleared: false,
         }
     }
 }

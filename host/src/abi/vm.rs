@@ -368,6 +368,16 @@ impl Vm {
         id
     }
 
+    /// Whether the module called the `clear_route_cache` foreign function for this stream since
+    /// the last time the proxy asked (the flag is reset).
+    pub fn take_route_cache_cleared(&mut self, stream: StreamId) -> bool {
+        self.store
+            .data_mut()
+            .streams
+            .get_mut(&stream)
+            .is_some_and(|st| std::mem::take(&mut st.route_cache_cleared))
+    }
+
     /// The stream's info, for the proxy to update (response code, sizes, upstream, …).
     pub fn stream_info_mut(&mut self, stream: StreamId) -> Option<&mut StreamInfo> {
         self.store

@@ -1,10 +1,10 @@
-//! `portcullis-echo --listen ADDR [--name NAME] [--tls-cert F --tls-key F]`: the demo upstream
-//! of `make run` (see [`portcullis_host::echo`]).
+//! `portcullis-echo --listen ADDR [--name NAME] [--tls-cert F --tls-key F] [--file PATH=FILE]…`:
+//! the demo upstream of `make run` and of the compose stack (see [`portcullis_host::echo`]).
 
 use std::path::PathBuf;
 
-const USAGE: &str =
-    "usage: portcullis-echo --listen 127.0.0.1:10081 [--name NAME] [--tls-cert F --tls-key F]";
+const USAGE: &str = "usage: portcullis-echo --listen 127.0.0.1:10081 [--name NAME] \
+     [--tls-cert F --tls-key F] [--file /url/path=FILE]...";
 
 fn main() {
     std::process::exit(match real_main() {
@@ -20,6 +20,7 @@ fn real_main() -> Result<(), String> {
     let mut listen = None;
     let mut name = "echo".to_owned();
     let (mut cert, mut key) = (None, None);
+    let mut files = std::collections::HashMap::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || {
@@ -31,6 +32,16 @@ fn real_main() -> Result<(), String> {
             "--name" => name = value()?,
             "--tls-cert" => cert = Some(PathBuf::from(value()?)),
             "--tls-key" => key = Some(PathBuf::from(value()?)),
+            "--file" => {
+                let spec = value()?;
+                let (url, file) = spec
+                    .split_once('=')
+                    .filter(|(url, file)| url.starts_with('/') && !file.is_empty())
+                    .ok_or_else(|| format!("--file {spec:?}: expected /url/path=FILE\n{USAGE}"))?;
+                let content =
+                    std::fs::read(file).map_err(|e| format!("--file {spec:?}: {file}: {e}"))?;
+                files.insert(url.to_owned(), content);
+            }
             _ => return Err(format!("unknown argument {a:?}\n{USAGE}")),
         }
     }
@@ -54,7 +65,7 @@ fn real_main() -> Result<(), String> {
             .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
         eprintln!("portcullis-echo {name} listening on {listen}");
         tokio::select! {
-            _ = portcullis_host::echo::serve(listener, name, tls) => {}
+            _ = portcullis_host::echo::serve(listener, name, files.into(), tls) => {}
             _ = tokio::signal::ctrl_c() => {}
         }
         Ok(())

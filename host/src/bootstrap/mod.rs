@@ -30,8 +30,8 @@ pub use listener::{
     WasmPlugin,
 };
 pub use route::{
-    DirectResponse, HeaderMatch, HeaderMatcher, PathMatch, Route, RouteAction, RouteConfig,
-    RouteMatch, StringMatcher, VirtualHost,
+    DirectResponse, HeaderMatch, HeaderMatcher, PathMatch, Redirect, Route, RouteAction,
+    RouteConfig, RouteMatch, StringMatcher, VirtualHost,
 };
 pub use tls::{DownstreamTls, TlsCertificate, TlsParams, TlsVersion, UpstreamTls};
 

@@ -161,6 +161,77 @@ pub enum RouteAction {
     },
     /// `direct_response`: answer locally.
     Direct(DirectResponse),
+    /// `redirect`: answer with a redirect.
+    Redirect(Redirect),
+}
+
+/// `redirect` (Envoy's `RedirectAction`; `prefix_rewrite`, `regex_rewrite` are not implemented).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redirect {
+    /// `https_redirect: true` → `https`, or `scheme_redirect`.
+    pub scheme: Option<String>,
+    /// `host_redirect`.
+    pub host: Option<String>,
+    /// `port_redirect`.
+    pub port: Option<u16>,
+    /// `path_redirect` (replaces the path; the query is kept unless it has its own).
+    pub path: Option<String>,
+    /// `response_code`: 301 (`MOVED_PERMANENTLY`, the default), 302, 303, 307 or 308.
+    pub status: u16,
+    /// `strip_query`.
+    pub strip_query: bool,
+}
+
+impl Redirect {
+    /// The `location` for a request (Envoy `RouteEntryImplBase::newUri`): the new scheme, host
+    /// and port; without `port_redirect`, a port in the authority is dropped when the scheme
+    /// changes (Envoy drops the old scheme's default port; a demo redirect sets the port).
+    pub fn location(&self, scheme: &str, authority: &str, path: &str) -> String {
+        let new_scheme = self.scheme.as_deref().unwrap_or(scheme);
+        let (host, port) = split_authority(authority);
+        let host = self.host.as_deref().unwrap_or(host);
+        let port = match (self.port, port) {
+            (Some(p), _) => Some(p.to_string()),
+            (None, Some(p)) if new_scheme == scheme => Some(p.to_owned()),
+            _ => None,
+        };
+        let (old_path, query) = match path.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (path, None),
+        };
+        let mut out = format!("{new_scheme}://{host}");
+        if let Some(p) = port {
+            out.push(':');
+            out.push_str(&p);
+        }
+        match &self.path {
+            Some(p) => {
+                out.push_str(p);
+                if !p.contains('?')
+                    && let Some(q) = query.filter(|_| !self.strip_query)
+                {
+                    out.push('?');
+                    out.push_str(q);
+                }
+            }
+            None => {
+                out.push_str(old_path);
+                if let Some(q) = query.filter(|_| !self.strip_query) {
+                    out.push('?');
+                    out.push_str(q);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// `host[:port]` (IPv6 literals in brackets keep their colons).
+fn split_authority(authority: &str) -> (&str, Option<&str>) {
+    match authority.rfind(':') {
+        Some(i) if !authority[i..].contains(']') => (&authority[..i], Some(&authority[i + 1..])),
+        _ => (authority, None),
+    }
 }
 
 /// `direct_response`.
@@ -518,9 +589,50 @@ fn read_route(
         let body = d.data_source(w, "body")?;
         d.finish(w);
         RouteAction::Direct(DirectResponse { status, body })
+    } else if let Some(mut r) = o.obj("redirect")? {
+        let https = r.bool("https_redirect")?.unwrap_or(false);
+        let scheme = r.str("scheme_redirect")?;
+        let scheme = if https {
+            Some("https".to_owned())
+        } else {
+            scheme.map(|s| s.to_ascii_lowercase())
+        };
+        let host = r.str("host_redirect")?;
+        let port_path = r.child("port_redirect");
+        let port = match r.u32("port_redirect")? {
+            None | Some(0) => None,
+            Some(p) => {
+                Some(u16::try_from(p).map_err(|_| invalid(&port_path, "must be at most 65535"))?)
+            }
+        };
+        let path_redirect = r.str("path_redirect")?;
+        let code_path = r.child("response_code");
+        let status = match r.str("response_code")?.as_deref() {
+            None | Some("MOVED_PERMANENTLY") => 301,
+            Some("FOUND") => 302,
+            Some("SEE_OTHER") => 303,
+            Some("TEMPORARY_REDIRECT") => 307,
+            Some("PERMANENT_REDIRECT") => 308,
+            Some(other) => {
+                return Err(invalid(
+                    &code_path,
+                    format!("unknown response code {other:?}"),
+                ));
+            }
+        };
+        let strip_query = r.bool("strip_query")?.unwrap_or(false);
+        r.finish(w);
+        RouteAction::Redirect(Redirect {
+            scheme,
+            host,
+            port,
+            path: path_redirect,
+            status,
+            strip_query,
+        })
     } else {
         let mut skipped = false;
-        for key in ["redirect", "filter_action", "non_forwarding_action"] {
+        for key in ["filter_action", "non_forwarding_action"] {
             skipped |= o.skip(
                 w,
                 key,
@@ -532,7 +644,10 @@ fn read_route(
             o.finish(w);
             return Ok(None);
         }
-        return Err(invalid(path, "one of route, direct_response is required"));
+        return Err(invalid(
+            path,
+            "one of route, direct_response, redirect is required",
+        ));
     };
     m.finish(w);
     o.finish(w);

@@ -4,7 +4,8 @@
 //!
 //! - Before the filters the connection manager sets `x-forwarded-proto`, `x-request-id`
 //!   (`generate_request_id`) and appends the peer to `x-forwarded-for` (`use_remote_address`),
-//!   and picks the route (since envoy PR #36671 a wasm header change no longer re-routes).
+//!   and picks the route (since envoy PR #36671 a wasm header change no longer re-routes; the
+//!   `clear_route_cache` foreign function makes the router pick it again after the filters).
 //! - Headers `Stop` stops everything (body and trailers are not read) until the filter's
 //!   `ContinueStream` or `LocalReply` arrives; the continue carries the VM's held headers.
 //! - Body `StopIterationAndBuffer` buffers at that filter and redelivers the cumulative body;
@@ -293,6 +294,27 @@ impl Stream {
             Next::Go => {}
             other => return self.finish_early(other).await,
         }
+        // The router works on the headers as the filters left them (a filter may have
+        // rewritten `:path`); the route is picked again only when a filter cleared the route
+        // cache (ECTX `clearRouteCache`), as header edits alone no longer re-route.
+        let path = h.get_str(":path").unwrap_or("/").to_owned();
+        let route = if self.take_route_cache_cleared() {
+            let authority = h.get_str(":authority").unwrap_or_default().to_owned();
+            let route = self
+                .l
+                .hcm
+                .select_route(&authority, self.l.bound.port(), &path, &h.pairs)
+                .cloned();
+            self.info.route_name = route.as_ref().map(|r| r.name.clone());
+            self.info.cluster_name = match route.as_ref().map(|r| &r.action) {
+                Some(RouteAction::Forward { cluster, .. }) => Some(cluster.clone()),
+                _ => None,
+            };
+            self.sync_info();
+            route
+        } else {
+            route
+        };
         let (action, matched) = match route {
             None => {
                 return self
@@ -317,6 +339,13 @@ impl Stream {
                     .unwrap_or_default();
                 let mut r = Reply::new(d.status, "", "direct_response");
                 r.body = body;
+                return self.local_reply(r).await;
+            }
+            RouteAction::Redirect(redirect) => {
+                let authority = h.get_str(":authority").unwrap_or_default();
+                let location = redirect.location(scheme, authority, &path);
+                let mut r = Reply::new(redirect.status, "", "direct_response");
+                r.headers.add("location", location.as_bytes());
                 return self.local_reply(r).await;
             }
             RouteAction::Forward {
@@ -474,6 +503,16 @@ impl Stream {
             }
         }
         Next::Go
+    }
+
+    /// Whether any filter called `clear_route_cache` (each filter's flag is reset).
+    fn take_route_cache_cleared(&mut self) -> bool {
+        let mut cleared = false;
+        for i in 0..self.filters.len() {
+            let (p, id) = self.ids(i);
+            cleared |= self.w.with_vm(p, |vm| vm.take_route_cache_cleared(id));
+        }
+        cleared
     }
 
     fn ids(&self, i: usize) -> (usize, StreamId) {
