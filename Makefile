@@ -59,6 +59,8 @@ deploy-setup:
 ## check-deploy: envoy/, docker-compose.yml and deploy/ checked against Envoy's v3 API, the
 ## Compose specification and Istio's CRDs (deploy/check/).
 check-deploy: deploy-setup
+	$(VENV)/bin/python deploy/check/envoy_config.py envoy/envoy.yaml envoy/local.yaml
+	$(VENV)/bin/python deploy/check/envoy_config_selftest.py envoy/envoy.yaml
 
 ## bench: per-request cost natively, inside wasmtime and inside the host's ABI; whole requests over
 ## loopback; the rate-limit service's throughput next to redis-benchmark (prints figures, never

@@ -7,7 +7,8 @@
 # DIR/envoy.crt, envoy.key      Envoy's HTTPS listener: localhost, 127.0.0.1, ::1, envoy,
 #                               gateway.portcullis.test
 # DIR/services.crt, services.key the demo services and identity provider: *.portcullis.internal
-#                               (the SNI Envoy sends to each service), localhost, 127.0.0.1
+#                               and each service's name in it (the SNI and SAN Envoy checks),
+#                               localhost, 127.0.0.1
 #
 # EC P-256 keys; demo only: the CA key sits next to its certificate. Never use these outside the demo.
 set -euo pipefail
@@ -46,7 +47,7 @@ leaf() {
     rm -f "$name.csr" "$name.ext"
 }
 leaf envoy "DNS:localhost,IP:127.0.0.1,IP:::1,DNS:envoy,DNS:gateway.portcullis.test"
-leaf services "DNS:*.portcullis.internal,DNS:localhost,IP:127.0.0.1"
+leaf services "DNS:*.portcullis.internal,DNS:orders.portcullis.internal,DNS:orders-beta.portcullis.internal,DNS:catalog.portcullis.internal,DNS:idp.portcullis.internal,DNS:localhost,IP:127.0.0.1"
 rm -f ca.srl
 # Readable by the containers' non-root users (demo keys only).
 chmod 644 ./*.crt ./*.key
