@@ -17,6 +17,9 @@ setup:
 	@# compares with redis-benchmark. Debian's redis-server brings redis-cli and redis-benchmark.
 	@command -v redis-server >/dev/null && command -v redis-cli >/dev/null && command -v redis-benchmark >/dev/null \
 		|| { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+	@# make certs and the demo stack's end-to-end test make their certificates with openssl.
+	@command -v openssl >/dev/null \
+		|| { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null; }
 
 ## build: the filter as wasm (target/wasm32-wasip1/release/portcullis.wasm) and the native CLI.
 build: setup

@@ -530,6 +530,7 @@ impl Core {
                 Some(self.ask_rate_limit_service(&config, &decision, &req, from_root))
             }
         };
+        publish_decision(metrics::verdict_word(&decision), decision.reason);
         self.seen = Some(Seen {
             request_id: held.request_id.clone(),
             method: req.method().to_owned(),
@@ -993,6 +994,7 @@ impl Core {
             seen.decision.verdict = Verdict::Refuse(stop.refusal);
             seen.decision.reason = stop.reason;
             seen.decision.rule = stop.rule;
+            publish_decision(metrics::verdict_word(&seen.decision), seen.decision.reason);
         }
     }
 }
@@ -1059,6 +1061,14 @@ fn introspection_of(
 }
 
 /// Now, from the host's clock, in nanoseconds since the Unix epoch.
+/// Leaves the decision in Envoy's filter state (`wasm.portcullis.decision`,
+/// `wasm.portcullis.reason`), where an access log reads it with
+/// `%FILTER_STATE(wasm.portcullis.decision:PLAIN)%`. Failing to set it only loses the field.
+fn publish_decision(verdict: &str, reason: &str) {
+    let _ = hostcalls::set_property(vec!["portcullis.decision"], Some(verdict.as_bytes()));
+    let _ = hostcalls::set_property(vec!["portcullis.reason"], Some(reason.as_bytes()));
+}
+
 /// Makes Envoy pick the route again from the edited headers (routing by identity). Since Envoy
 /// 1.33 a wasm filter's header edits no longer do that by themselves; older Envoy has no such
 /// function (NotFound) but re-routes on every edit anyway.

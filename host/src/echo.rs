@@ -144,6 +144,16 @@ impl EchoServer {
         name: &str,
         tls: Option<Arc<rustls::ServerConfig>>,
     ) -> std::io::Result<EchoServer> {
+        EchoServer::start_with_files(listener, name, Files::default(), tls)
+    }
+
+    /// As [`EchoServer::start`], answering GETs of `files`' paths with their content.
+    pub fn start_with_files(
+        listener: std::net::TcpListener,
+        name: &str,
+        files: Files,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> std::io::Result<EchoServer> {
         let addr = listener.local_addr()?;
         listener.set_nonblocking(true)?;
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -160,7 +170,7 @@ impl EchoServer {
                         return;
                     };
                     tokio::select! {
-                        _ = serve(listener, name, Files::default(), tls) => {}
+                        _ = serve(listener, name, files, tls) => {}
                         _ = rx => {}
                     }
                 });

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 pub use portcullis_host::echo::EchoServer;
 
+pub mod demo;
 pub mod idp;
 
 /// How long the host may take to compile its modules and start (debug wasmtime is slow).
