@@ -4,7 +4,7 @@ WASM_TARGET := wasm32-wasip1
 WASM := target/$(WASM_TARGET)/release/portcullis.wasm
 CARGO ?= cargo
 
-.PHONY: all build setup run test test-modules lint fmt bench clean certs check-deploy deploy-setup
+.PHONY: all build setup run test test-modules lint fmt bench clean certs check-deploy deploy-setup demo demo-down
 
 all: build
 
@@ -53,6 +53,26 @@ test: lint build test-modules check-deploy
 certs:
 	./scripts/make-certs.sh deploy/certs
 
+## demo: the whole stack in Docker (docker-compose.yml, docs/compose.md): Envoy with the filter,
+## the demo services, the rate-limit service on Redis, Prometheus, Loki, Alloy and Grafana.
+## Needs Docker with the Compose plugin. demo-down stops it (the volumes stay; `docker compose
+## down -v` drops them).
+demo: build certs
+	@docker compose version >/dev/null 2>&1 || { echo "make demo needs Docker with the Compose plugin (docker compose)" >&2; exit 1; }
+	docker compose up -d --build --wait
+	@echo
+	@echo "Portcullis demo stack is up (docker compose ps; docker compose logs -f envoy). docs/compose.md:"
+	@echo "  gateway     https://localhost:8443   (curl --cacert deploy/certs/ca.crt https://localhost:8443/healthz)"
+	@echo "              http://localhost:8080    (redirects to HTTPS)"
+	@echo "  Envoy admin http://localhost:9901    (/ready, /stats/prometheus)"
+	@echo "  Grafana     http://localhost:3000    (anonymous viewer; admin / $${GRAFANA_ADMIN_PASSWORD:-portcullis-demo})"
+	@echo "  Prometheus  http://localhost:9090"
+	@echo "  Loki        http://localhost:3100    (API; browse it in Grafana > Explore)"
+	@echo "  Alloy       http://localhost:12345   (the log pipelines)"
+
+demo-down:
+	docker compose down
+
 ## deploy-setup: the checkers' own tools, in target/ (a Python venv with pinned packages).
 VENV := target/check-venv
 deploy-setup:
@@ -64,6 +84,7 @@ deploy-setup:
 check-deploy: deploy-setup
 	$(VENV)/bin/python deploy/check/envoy_config.py envoy/envoy.yaml envoy/local.yaml
 	$(VENV)/bin/python deploy/check/envoy_config_selftest.py envoy/envoy.yaml
+	$(VENV)/bin/python scripts/check-compose.py
 
 ## bench: per-request cost natively, inside wasmtime and inside the host's ABI; whole requests over
 ## loopback; the rate-limit service's throughput next to redis-benchmark (prints figures, never
