@@ -5,10 +5,28 @@
 //! `wasmcustom` namespace stripped and `stats_config.stats_tags` applied).
 //!
 //! Fidelity notes (what differs from Envoy, on purpose or by simplification):
-//! - Only the bootstrap's `stats_tags` are applied; Envoy's built-in default tag extractors
-//!   (`envoy.cluster_name`, `envoy.http_conn_manager_prefix`, `envoy.response_code`, …) are not,
-//!   so native stats such as `cluster.c.upstream_rq_total` keep the cluster name in the
-//!   Prometheus metric name (`envoy_cluster_c_upstream_rq_total{}`) instead of a label.
+//! - Tags are extracted as Envoy's `TagProducerImpl` does: Envoy's default tag extractors
+//!   (unless `stats_config.use_all_default_tags: false`) and the bootstrap's `stats_tags`, every
+//!   extractor searched in the full stat name, the matched first groups removed (ranges united).
+//!   Extractors without a prefix token run first, then those whose prefix token is the stat
+//!   name's first `.`-separated token, each list in the order defaults-then-`stats_tags`; of
+//!   several extractors with one tag name only the first that matches adds a tag. So
+//!   `cluster.orders.upstream_rq_200` renders as
+//!   `envoy_cluster_upstream_rq{envoy_response_code="200",envoy_cluster_name="orders"}`.
+//! - Of Envoy's default extractors (`source/common/config/well_known_names.cc`) only those that
+//!   can match a stat the host or a wasm module defines are implemented ([`DEFAULT_TAGS`]:
+//!   response code and class, cluster name, HTTP connection manager prefix, listener address,
+//!   worker id); the others name stats of filters the host does not have (Dynamo, Mongo, gRPC
+//!   bridge, TLS ciphers, …). `\d` and `\w` are Unicode classes here, ASCII in Envoy's RE2;
+//!   stat names are ASCII in practice. `stats_tags` regexes are Rust regexes (Envoy: ECMAScript
+//!   `std::regex`), so lookarounds are refused at parse time.
+//! - Native stats the host emits: `listener.<address>.downstream_cx_total`,
+//!   `http.<stat_prefix>.downstream_cx_total`, `downstream_rq_total`, `downstream_rq_completed`,
+//!   `downstream_rq_<N>xx`, `downstream_rq_time` (ms), and per cluster `upstream_rq_total`,
+//!   `upstream_rq_completed`, `upstream_rq_<code>`, `upstream_rq_<N>xx`, `upstream_rq_time`
+//!   (ms, from the end of the downstream request to the end of the upstream response, as the
+//!   router's `chargeResponseTiming`), `upstream_rq_timeout`, `upstream_cx_connect_fail`. Envoy
+//!   has many more (gauges, byte counts, retries, health checks, …).
 //! - A stat is identified by its kind and full name, as in Envoy's per-type stat maps: a counter
 //!   and a gauge may share a name.
 //! - Gauges are `u64` and wrap below zero, as Envoy release builds do (`Gauge::sub` only asserts
@@ -69,6 +87,7 @@ const QUANTILES: [(&str, f64); 10] = [
 
 /// One `stats_config.stats_tags` entry: a regex whose first capture group is cut out of the
 /// stat name and whose second group (or first, if there is only one) becomes the label value.
+/// Searched anywhere in the full stat name, like Envoy's default extractors ([`DEFAULT_TAGS`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TagSpecifier {
     /// The Prometheus label name (sanitised when rendered).
@@ -86,7 +105,7 @@ pub struct StatId(usize);
 pub struct Stats(Arc<Inner>);
 
 struct Inner {
-    tags: Vec<(String, Regex)>,
+    tags: TagProducer,
     registry: RwLock<Registry>,
 }
 
@@ -119,14 +138,20 @@ struct HistData {
 }
 
 impl Stats {
-    /// A store applying `tags` (in order) for Prometheus rendering.
+    /// A store applying only `tags` (in order) for Prometheus rendering, as Envoy with
+    /// `stats_config.use_all_default_tags: false`.
     pub fn new(tags: Vec<TagSpecifier>) -> Result<Stats, regex::Error> {
-        let tags = tags
-            .into_iter()
-            .map(|t| Regex::new(&t.regex).map(|re| (t.tag_name, re)))
-            .collect::<Result<Vec<_>, _>>()?;
+        Stats::from_stats_config(tags, false)
+    }
+
+    /// A store applying a bootstrap's `stats_config`: Envoy's default tag extractors when
+    /// `use_all_default_tags` (Envoy's default when unset), and `tags`.
+    pub fn from_stats_config(
+        tags: Vec<TagSpecifier>,
+        use_all_default_tags: bool,
+    ) -> Result<Stats, regex::Error> {
         Ok(Stats(Arc::new(Inner {
-            tags,
+            tags: TagProducer::new(tags, use_all_default_tags)?,
             registry: RwLock::new(Registry::default()),
         })))
     }
@@ -145,7 +170,7 @@ impl Stats {
         if let Some(&i) = reg.index.get(&key) {
             return StatId(i);
         }
-        let (tag_extracted_name, tags) = extract_tags(&self.0.tags, name);
+        let (tag_extracted_name, tags) = self.0.tags.extract(name);
         let i = reg.cells.len();
         reg.cells.push(Arc::new(Cell {
             name: name.to_string(),
@@ -350,30 +375,276 @@ fn kind_order(a: MetricKind, b: MetricKind) -> std::cmp::Ordering {
     rank(a).cmp(&rank(b))
 }
 
-/// Envoy's regex tag extraction: every specifier is searched in the full name, matched first
-/// groups are removed (ranges united), tags keep the specifiers' order.
-fn extract_tags(specs: &[(String, Regex)], name: &str) -> (String, Vec<(String, String)>) {
-    let mut tags = Vec::new();
-    let mut remove = vec![false; name.len()];
-    for (tag_name, re) in specs {
-        let Some(caps) = re.captures(name) else {
-            continue;
+/// How one of Envoy's default tag extractors finds its value.
+#[derive(Debug, Clone, Copy)]
+pub enum DefaultTag {
+    /// A regex (Envoy's `addRe2`): first group removed, second group the value; a value equal
+    /// to the second field adds no tag (Envoy's negative match).
+    Regex(&'static str, Option<&'static str>),
+    /// A token pattern (Envoy's `addTokenized`): `.`-separated tokens, `*` one token, `**` any
+    /// number of tokens, `$` the one token that is the value (removed with one adjacent dot).
+    Tokens(&'static str),
+}
+
+/// One IPv4 or bracketed IPv6 address with `_port`, as Envoy writes a listener address in stat
+/// names (`127.0.0.1_8443`, `[__1]_8443`).
+const ADDRESS: &str = r"(?:(?:\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}|\[[a-fA-F_\d]+\])_\d+)";
+/// A tag value: anything but a dot.
+const TAG_VALUE: &str = r"[^\.]+";
+
+/// Envoy's default tag extractors (`source/common/config/well_known_names.cc`, in its order)
+/// that can match the stats the host and wasm modules define; `<ADDRESS>` and `<TAG_VALUE>`
+/// are expanded as Envoy's `expandRegex` does.
+pub const DEFAULT_TAGS: [(&str, DefaultTag); 8] = [
+    // *_rq(_<response_code>)
+    (
+        "envoy.response_code",
+        DefaultTag::Regex(r"_rq(_(\d{3}))$", None),
+    ),
+    // *_rq_(<response_code_class>)xx
+    (
+        "envoy.response_code_class",
+        DefaultTag::Regex(r"_rq_((\d))xx$", None),
+    ),
+    // cluster.(<cluster_name>.)*
+    ("envoy.cluster_name", DefaultTag::Tokens("cluster.$.**")),
+    // listener.[<address>.]http.(<stat_prefix>.)*
+    (
+        "envoy.http_conn_manager_prefix",
+        DefaultTag::Regex(r"^listener\..*?\.http\.((<TAG_VALUE>)\.)", None),
+    ),
+    // http.(<stat_prefix>.)*
+    (
+        "envoy.http_conn_manager_prefix",
+        DefaultTag::Tokens("http.$.**"),
+    ),
+    // listener.<address|stat_prefix>.(worker_<id>.)*, listener_manager.(worker_<id>.)*,
+    // server.(worker_<id>.)*
+    (
+        "envoy.worker_id",
+        DefaultTag::Regex(
+            r"^(?:listener\.(?:<ADDRESS>|<TAG_VALUE>)\.|server\.|listener_manager\.)worker_((\d+)\.)",
+            None,
+        ),
+    ),
+    // listener.(<address|stat_prefix>.)*, except "admin"
+    (
+        "envoy.listener_address",
+        DefaultTag::Regex(r"^listener\.((<ADDRESS>|<TAG_VALUE>)\.)", Some("admin")),
+    ),
+    // vhost.(<virtual host name>.)*
+    ("envoy.virtual_host", DefaultTag::Tokens("vhost.$.**")),
+];
+
+/// One tag extractor.
+struct Extractor {
+    name: String,
+    matcher: Matcher,
+    /// Another extractor has the same tag name (only the first that matches adds a tag).
+    shared_name: bool,
+}
+
+enum Matcher {
+    /// `re2`: a default extractor (Envoy's RE2 extractor: empty groups do not count); else a
+    /// `stats_tags` regex (Envoy's `std::regex` extractor: a participating first group does).
+    Regex {
+        re: Regex,
+        negative: Option<&'static str>,
+        re2: bool,
+    },
+    Tokens {
+        tokens: Vec<&'static str>,
+        /// Index of `$` in `tokens`.
+        at: usize,
+    },
+}
+
+/// Envoy's `TagProducerImpl`: extractors without a prefix token, then per prefix token.
+struct TagProducer {
+    without_prefix: Vec<Extractor>,
+    by_prefix: HashMap<String, Vec<Extractor>>,
+}
+
+impl TagProducer {
+    fn new(custom: Vec<TagSpecifier>, defaults: bool) -> Result<TagProducer, regex::Error> {
+        let mut all: Vec<(String, Option<String>, Matcher)> = Vec::new();
+        if defaults {
+            for (name, tag) in DEFAULT_TAGS {
+                let (prefix, matcher) = match tag {
+                    DefaultTag::Regex(re, negative) => {
+                        let re = re
+                            .replace("<ADDRESS>", ADDRESS)
+                            .replace("<TAG_VALUE>", TAG_VALUE);
+                        (
+                            regex_prefix(&re),
+                            Matcher::Regex {
+                                re: Regex::new(&re)?,
+                                negative,
+                                re2: true,
+                            },
+                        )
+                    }
+                    DefaultTag::Tokens(pattern) => {
+                        let tokens: Vec<&'static str> = pattern.split('.').collect();
+                        let at = tokens.iter().position(|t| *t == "$").unwrap_or(0);
+                        let prefix = tokens
+                            .first()
+                            .filter(|t| !matches!(**t, "$" | "*" | "**"))
+                            .map(|t| (*t).to_string());
+                        (prefix, Matcher::Tokens { tokens, at })
+                    }
+                };
+                all.push((name.to_string(), prefix, matcher));
+            }
+        }
+        for t in custom {
+            let re = Regex::new(&t.regex)?;
+            all.push((
+                t.tag_name,
+                regex_prefix(&t.regex),
+                Matcher::Regex {
+                    re,
+                    negative: None,
+                    re2: false,
+                },
+            ));
+        }
+        let mut producer = TagProducer {
+            without_prefix: Vec::new(),
+            by_prefix: HashMap::new(),
         };
-        let Some(removed) = caps.get(1) else {
-            continue;
-        };
-        let value = caps.get(2).unwrap_or(removed);
-        tags.push((tag_name.clone(), value.as_str().to_string()));
-        for flag in remove.iter_mut().take(removed.end()).skip(removed.start()) {
-            *flag = true;
+        let names: Vec<String> = all.iter().map(|(n, _, _)| n.clone()).collect();
+        for (name, prefix, matcher) in all {
+            let extractor = Extractor {
+                shared_name: names.iter().filter(|n| **n == name).count() > 1,
+                name,
+                matcher,
+            };
+            match prefix {
+                Some(p) => producer.by_prefix.entry(p).or_default().push(extractor),
+                None => producer.without_prefix.push(extractor),
+            }
+        }
+        Ok(producer)
+    }
+
+    fn len(&self) -> usize {
+        self.without_prefix.len() + self.by_prefix.values().map(Vec::len).sum::<usize>()
+    }
+
+    /// The tag-extracted name and the tags, in extraction order.
+    fn extract(&self, name: &str) -> (String, Vec<(String, String)>) {
+        let mut tags: Vec<(String, String)> = Vec::new();
+        let mut remove = vec![false; name.len()];
+        let first_token = name.find('.').map(|dot| &name[..dot]);
+        let prefixed = first_token
+            .and_then(|t| self.by_prefix.get(t))
+            .map_or(&[][..], Vec::as_slice);
+        for e in self.without_prefix.iter().chain(prefixed) {
+            if e.shared_name && tags.iter().any(|(n, _)| *n == e.name) {
+                continue;
+            }
+            let Some((range, value)) = e.matcher.find(name) else {
+                continue;
+            };
+            tags.push((e.name.clone(), value.to_string()));
+            for flag in remove.iter_mut().take(range.end).skip(range.start) {
+                *flag = true;
+            }
+        }
+        let extracted: String = name
+            .char_indices()
+            .filter(|(i, _)| !remove.get(*i).copied().unwrap_or(false))
+            .map(|(_, ch)| ch)
+            .collect();
+        (extracted, tags)
+    }
+}
+
+impl Matcher {
+    /// The byte range to remove and the tag value, when this extractor matches `name`.
+    fn find<'n>(&self, name: &'n str) -> Option<(std::ops::Range<usize>, &'n str)> {
+        match self {
+            Matcher::Regex { re, negative, re2 } => {
+                let caps = re.captures(name)?;
+                let removed = caps.get(1).filter(|m| !*re2 || !m.is_empty())?;
+                let value = caps
+                    .get(2)
+                    .filter(|m| !*re2 || !m.is_empty())
+                    .unwrap_or(removed);
+                if negative.is_some_and(|n| n == value.as_str()) {
+                    return None;
+                }
+                Some((removed.range(), value.as_str()))
+            }
+            Matcher::Tokens { tokens, at } => {
+                let input: Vec<&str> = name.split('.').collect();
+                let (index, start) = match_tokens(tokens, *at, &input, 0, 0, 0)??;
+                let value = input.get(index)?;
+                let mut range = start..start + value.len();
+                if index + 1 < input.len() {
+                    range.end += 1;
+                } else if range.start > 0 {
+                    range.start -= 1;
+                }
+                Some((range, value))
+            }
         }
     }
-    let extracted: String = name
-        .char_indices()
-        .filter(|(i, _)| !remove.get(*i).copied().unwrap_or(false))
-        .map(|(_, ch)| ch)
-        .collect();
-    (extracted, tags)
+}
+
+/// Envoy's `TagExtractorTokensImpl::searchTags`: whether `input[i..]` matches `pattern[p..]`
+/// (`c` is the byte offset of `input[i]`), and if so the index and byte offset of the input
+/// token that `$` matched, when `$` is in that part of the pattern.
+fn match_tokens(
+    pattern: &[&str],
+    at: usize,
+    input: &[&str],
+    mut i: usize,
+    mut p: usize,
+    mut c: usize,
+) -> Option<Option<(usize, usize)>> {
+    let mut found = None;
+    while let (Some(token), Some(&expected)) = (input.get(i), pattern.get(p)) {
+        if p == at {
+            found = Some((i, c));
+        } else if expected == "**" {
+            if p + 1 == pattern.len() {
+                return Some(found);
+            }
+            // The rest of the pattern must match from this token or a later one.
+            while let Some(skipped) = input.get(i) {
+                if let Some(rest) = match_tokens(pattern, at, input, i, p + 1, c) {
+                    return Some(found.or(rest));
+                }
+                c += skipped.len() + 1;
+                i += 1;
+            }
+            return None;
+        } else if expected != "*" && expected != *token {
+            return None;
+        }
+        c += token.len() + 1;
+        i += 1;
+        p += 1;
+    }
+    (p == pattern.len() && i == input.len()).then_some(found)
+}
+
+/// Envoy's `extractRegexPrefix`: the literal first token of a regex anchored with `^` and
+/// followed by `\.` (or `(?=\.)`), or making up the whole regex before `$`.
+fn regex_prefix(regex: &str) -> Option<String> {
+    let rest = regex.strip_prefix('^')?;
+    let end = rest
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .unwrap_or(rest.len());
+    if end == 0 {
+        return None;
+    }
+    let after = &rest[end..];
+    let ok = (after.len() > 1 && (after.starts_with(r"\.") || after.starts_with(r"(?=\.)")))
+        || after == "$";
+    ok.then(|| rest[..end].to_string())
 }
 
 /// `[^a-zA-Z0-9_]` → `_`, per character.
@@ -692,6 +963,179 @@ mod tests {
             "a.gauge: 9\nb.count: 2\na.empty: No recorded values\n\
              z.hist: P0(nan,1) P25(nan,2) P50(nan,3) P75(nan,4) P90(nan,4.6) P95(nan,4.8) \
              P99(nan,4.96) P99.5(nan,4.98) P99.9(nan,4.996) P100(nan,5)\n"
+        );
+    }
+
+    /// Envoy's defaults, as with a bootstrap without `use_all_default_tags: false`.
+    fn envoy(custom: Vec<TagSpecifier>) -> Stats {
+        Stats::from_stats_config(custom, true).unwrap()
+    }
+
+    fn rendered(s: &Stats, kind: MetricKind, name: &str) -> String {
+        let id = s.define(kind, name);
+        match kind {
+            MetricKind::Counter => s.add_counter(id, 1),
+            MetricKind::Gauge => s.set_gauge(id, 1),
+            MetricKind::Histogram => s.record(id, 3),
+        }
+        s.render_prometheus()
+    }
+
+    #[test]
+    fn default_tags_make_envoy_labels() {
+        for (stat, line) in [
+            (
+                "cluster.orders.upstream_rq_200",
+                "envoy_cluster_upstream_rq{envoy_response_code=\"200\",envoy_cluster_name=\"orders\"} 1",
+            ),
+            (
+                "cluster.orders.upstream_rq_5xx",
+                "envoy_cluster_upstream_rq_xx{envoy_response_code_class=\"5\",envoy_cluster_name=\"orders\"} 1",
+            ),
+            (
+                "cluster.orders_beta.upstream_rq_completed",
+                "envoy_cluster_upstream_rq_completed{envoy_cluster_name=\"orders_beta\"} 1",
+            ),
+            (
+                "http.ingress.downstream_rq_4xx",
+                "envoy_http_downstream_rq_xx{envoy_response_code_class=\"4\",envoy_http_conn_manager_prefix=\"ingress\"} 1",
+            ),
+            (
+                "http.ingress.downstream_rq_total",
+                "envoy_http_downstream_rq_total{envoy_http_conn_manager_prefix=\"ingress\"} 1",
+            ),
+            (
+                "listener.127.0.0.1_8443.downstream_cx_total",
+                "envoy_listener_downstream_cx_total{envoy_listener_address=\"127.0.0.1_8443\"} 1",
+            ),
+            (
+                "listener.[__1]_8443.downstream_cx_total",
+                "envoy_listener_downstream_cx_total{envoy_listener_address=\"[__1]_8443\"} 1",
+            ),
+            (
+                "listener.127.0.0.1_8443.http.ingress.downstream_rq_2xx",
+                "envoy_listener_http_downstream_rq_xx{envoy_response_code_class=\"2\",\
+                 envoy_http_conn_manager_prefix=\"ingress\",envoy_listener_address=\"127.0.0.1_8443\"} 1",
+            ),
+            // The admin listener keeps its name (Envoy's negative match).
+            (
+                "listener.admin.downstream_cx_total",
+                "envoy_listener_admin_downstream_cx_total{} 1",
+            ),
+            // Only the id is cut out (`worker_((\d+)\.)`).
+            (
+                "server.worker_1.watchdog_miss",
+                "envoy_server_worker_watchdog_miss{envoy_worker_id=\"1\"} 1",
+            ),
+            // `**` needs at least one token: nothing follows the cluster name here.
+            ("cluster.lonely", "envoy_cluster_lonely{} 1"),
+        ] {
+            let p = rendered(&envoy(vec![]), MetricKind::Counter, stat);
+            assert!(p.contains(&format!("{line}\n")), "{stat}:\n{p}");
+        }
+    }
+
+    #[test]
+    fn default_tags_on_histograms() {
+        let p = rendered(
+            &envoy(vec![]),
+            MetricKind::Histogram,
+            "cluster.orders.upstream_rq_time",
+        );
+        assert!(p.starts_with("# TYPE envoy_cluster_upstream_rq_time histogram\n"));
+        assert!(p.contains(
+            "envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name=\"orders\",le=\"5\"} 1\n"
+        ));
+        assert!(
+            p.contains("envoy_cluster_upstream_rq_time_sum{envoy_cluster_name=\"orders\"} 3\n")
+        );
+    }
+
+    #[test]
+    fn stats_tags_and_defaults_together() {
+        let filter = |custom| {
+            rendered(
+                &envoy(custom),
+                MetricKind::Counter,
+                "wasmcustom.reporter=.=destination;.;response_code=.=200;.;istio_requests_total",
+            )
+        };
+        let custom = || {
+            vec![
+                TagSpecifier {
+                    tag_name: "reporter".into(),
+                    regex: r"(reporter=\.=(.*?);\.;)".into(),
+                },
+                TagSpecifier {
+                    tag_name: "response_code".into(),
+                    regex: r"(response_code=\.=(.*?);\.;)".into(),
+                },
+            ]
+        };
+        // No default matches a wasm stat of the filter's shape.
+        assert_eq!(
+            filter(custom()),
+            "# TYPE istio_requests_total counter\n\
+             istio_requests_total{reporter=\"destination\",response_code=\"200\"} 1\n\n"
+        );
+        // A stats_tags entry with a default's name: the first that matches adds the tag
+        // (defaults come first), so Envoy's cluster name wins here.
+        let s = envoy(vec![TagSpecifier {
+            tag_name: "envoy.cluster_name".into(),
+            regex: r"^cluster\.[^.]+\.(upstream_)".into(),
+        }]);
+        let p = rendered(&s, MetricKind::Counter, "cluster.c.upstream_rq_total");
+        assert!(
+            p.contains("envoy_cluster_upstream_rq_total{envoy_cluster_name=\"c\"} 1\n"),
+            "{p}"
+        );
+    }
+
+    #[test]
+    fn regex_prefix_tokens() {
+        assert_eq!(
+            regex_prefix(r"^cluster\.((.*?)\.)").as_deref(),
+            Some("cluster")
+        );
+        assert_eq!(regex_prefix(r"^http(?=\.).*").as_deref(), Some("http"));
+        assert_eq!(regex_prefix(r"^(?:listener|cluster)\..*"), None);
+        assert_eq!(regex_prefix(r"(route=\.=(.*?);\.;)"), None);
+        assert_eq!(regex_prefix(r"^foo$").as_deref(), Some("foo"));
+        assert_eq!(regex_prefix(r"^foo_(x)"), None);
+    }
+
+    #[test]
+    fn token_patterns() {
+        let find = |pattern: &'static str, name: &'static str| {
+            let tokens: Vec<&'static str> = pattern.split('.').collect();
+            let at = tokens.iter().position(|t| *t == "$").unwrap();
+            Matcher::Tokens { tokens, at }
+                .find(name)
+                .map(|(r, v)| (&name[r], v))
+        };
+        assert_eq!(find("cluster.$.**", "cluster.c.a.b"), Some(("c.", "c")));
+        assert_eq!(find("cluster.$.**", "cluster.c"), None);
+        assert_eq!(find("cluster.$.**", "http.c.a"), None);
+        // `$` last: the dot before it goes.
+        assert_eq!(find("a.*.$", "a.b.c"), Some((".c", "c")));
+        // `**` inside the pattern.
+        assert_eq!(
+            find(
+                "mongo.*.collection.$.**.query.*",
+                "mongo.p.collection.col.x.y.query.n"
+            ),
+            Some(("col.", "col"))
+        );
+        assert_eq!(
+            find(
+                "mongo.*.collection.$.**.query.*",
+                "mongo.p.collection.col.x.y.n"
+            ),
+            None
+        );
+        assert_eq!(
+            find("$.http_local_rate_limit.**", "p.http_local_rate_limit.ok"),
+            Some(("p.", "p"))
         );
     }
 

@@ -198,6 +198,10 @@ fn realistic_bootstrap_parses() {
             },
         ]
     );
+    // Envoy's default tag extractors apply unless the bootstrap turns them off.
+    assert!(b.use_all_default_tags);
+    let off = "stats_config: { use_all_default_tags: false }\nstatic_resources: {}\n";
+    assert!(!bootstrap::parse(off, base()).unwrap().use_all_default_tags);
 
     assert_eq!(b.listeners.len(), 2);
     let https = &b.listeners[0];
@@ -455,7 +459,6 @@ static_resources:
         // Top level.
         ni("admin.access_log_path"),
         "stats_config.stats_tags[0].fixed_value: fixed_value tags are not implemented by portcullis-host (tag ignored)".to_string(),
-        "stats_config.use_all_default_tags: Envoy's default tag extractors are not implemented by portcullis-host (ignored)".to_string(),
         ni("layered_runtime"),
     ];
     let mut got = b.warnings.clone();
@@ -475,6 +478,7 @@ static_resources:
     assert_eq!(vhost.routes.len(), 2);
     assert_eq!(b.listeners[0].filter_chains[0].http.http_filters.len(), 2);
     assert!(b.stats_tags.is_empty());
+    assert!(b.use_all_default_tags);
     assert_eq!(b.clusters[0].lb_policy, LbPolicy::RoundRobin);
     assert!(b.clusters[0].http2);
     assert!(b.clusters[0].tls.is_none());

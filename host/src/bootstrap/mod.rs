@@ -52,6 +52,8 @@ pub struct Bootstrap {
     pub admin: Option<SocketAddress>,
     /// `stats_config.stats_tags` without `fixed_value` entries, in order (regexes validated).
     pub stats_tags: Vec<TagSpecifier>,
+    /// `stats_config.use_all_default_tags` (Envoy's default tag extractors; true when unset).
+    pub use_all_default_tags: bool,
     /// One line per field the host does not implement (`path: reason`), in document order.
     pub warnings: Vec<String>,
 }
@@ -176,6 +178,7 @@ pub fn parse(yaml: &str, base_dir: impl AsRef<Path>) -> Result<Bootstrap, Bootst
         None => None,
     };
     let mut stats_tags = Vec::new();
+    let mut use_all_default_tags = true;
     if let Some(mut sc) = root.obj("stats_config")? {
         for (p, v) in sc.list("stats_tags")? {
             let mut t = Obj::new(&p, v)?;
@@ -199,11 +202,8 @@ pub fn parse(yaml: &str, base_dir: impl AsRef<Path>) -> Result<Bootstrap, Bootst
             t.finish(&mut w);
             stats_tags.push(TagSpecifier { tag_name, regex });
         }
-        if sc.bool("use_all_default_tags")? == Some(true) {
-            w.warn(
-                &sc.child("use_all_default_tags"),
-                "Envoy's default tag extractors are not implemented by portcullis-host (ignored)",
-            );
+        if let Some(all) = sc.bool("use_all_default_tags")? {
+            use_all_default_tags = all;
         }
         sc.finish(&mut w);
     }
@@ -213,6 +213,7 @@ pub fn parse(yaml: &str, base_dir: impl AsRef<Path>) -> Result<Bootstrap, Bootst
         clusters,
         admin,
         stats_tags,
+        use_all_default_tags,
         warnings: w.warnings,
     })
 }

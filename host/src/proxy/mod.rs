@@ -66,6 +66,25 @@ impl Counters {
         let id = self.0.define(MetricKind::Counter, name);
         self.0.add_counter(id, delta);
     }
+
+    /// Records a sample of the histogram `name`, creating it at first use.
+    pub fn record(&self, name: &str, value: u64) {
+        let id = self.0.define(MetricKind::Histogram, name);
+        self.0.record(id, value);
+    }
+
+    /// An upstream response code, as Envoy's `CodeStatsImpl::chargeBasicResponseStat` charges
+    /// it to the cluster: `upstream_rq_completed`, `upstream_rq_<N>xx`, `upstream_rq_<code>`.
+    pub fn upstream_code(&self, cluster: &str, code: u16) {
+        self.add(&format!("cluster.{cluster}.upstream_rq_completed"), 1);
+        if (100..600).contains(&code) {
+            self.add(
+                &format!("cluster.{cluster}.upstream_rq_{}xx", code / 100),
+                1,
+            );
+        }
+        self.add(&format!("cluster.{cluster}.upstream_rq_{code}"), 1);
+    }
 }
 
 /// One listener as a worker serves it.
@@ -167,7 +186,8 @@ pub fn run(opts: &Options) -> i32 {
 }
 
 fn start(opts: &Options, boot: Bootstrap) -> Result<i32, String> {
-    let stats = Stats::new(boot.stats_tags.clone()).map_err(|e| e.to_string())?;
+    let stats = Stats::from_stats_config(boot.stats_tags.clone(), boot.use_all_default_tags)
+        .map_err(|e| e.to_string())?;
     let shared = HostShared::new(stats.clone());
     shared.set_log_level(opts.log_level);
     shared.set_clusters(boot.clusters.iter().map(|c| c.name.clone()));

@@ -777,6 +777,7 @@ impl Stream {
             }
         }
         drop(up);
+        let request_done = Instant::now();
         // The route timeout runs from the end of the request (router.cc `onRequestComplete`).
         let deadline =
             tokio::time::sleep(timeout.unwrap_or(Duration::from_secs(u64::from(u32::MAX))));
@@ -788,7 +789,7 @@ impl Stream {
                 _ = &mut deadline => {
                     abort.abort();
                     stats.add(&format!("cluster.{cluster}.upstream_rq_timeout"), 1);
-                    stats.add(&format!("cluster.{cluster}.upstream_rq_504"), 1);
+                    stats.upstream_code(&cluster, 504);
                     return self.local_reply(Reply::new(504, "upstream request timeout", "upstream_response_timeout")).await;
                 }
                 ev = self.rx.recv() => {
@@ -825,7 +826,7 @@ impl Stream {
                         "upstream_reset_before_response_started{connection_termination}"
                     }
                 };
-                stats.add(&format!("cluster.{cluster}.upstream_rq_503"), 1);
+                stats.upstream_code(&cluster, 503);
                 return self
                     .local_reply(Reply::new(503, &connect_error_body(&e), details))
                     .await;
@@ -834,15 +835,19 @@ impl Stream {
         };
         self.info.upstream = Some(addr);
         let (parts, mut resp_body) = resp.into_parts();
-        stats.add(
-            &format!("cluster.{cluster}.upstream_rq_{}", parts.status.as_u16()),
-            1,
-        );
+        stats.upstream_code(&cluster, parts.status.as_u16());
+        // Envoy's router charges upstream_rq_time when the upstream response ends, before the
+        // encoder filters see its last frame (`onUpstreamComplete`).
+        let rq_time = format!("cluster.{cluster}.upstream_rq_time");
+        let complete = || stats.record(&rq_time, millis(request_done.elapsed()));
         let mut rh = response_map(parts.status, &parts.headers);
         self.info.response_code = Some(parts.status.as_u16());
         self.info.response_code_details = Some("via_upstream".to_owned());
         self.sync_info();
         let eos = resp_body.is_end_stream();
+        if eos {
+            complete();
+        }
         match self.encode_headers(&mut rh, eos).await {
             Next::Go => {}
             other => return self.finish_early(other).await,
@@ -858,6 +863,7 @@ impl Stream {
             };
             match frame {
                 None => {
+                    complete();
                     if let Next::Reset = self.push_response(Vec::new(), true).await {
                         return self.reset();
                     }
@@ -867,6 +873,9 @@ impl Stream {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => {
                         let end = resp_body.is_end_stream();
+                        if end {
+                            complete();
+                        }
                         match self.push_response(data.to_vec(), end).await {
                             Next::Go => {}
                             _ => return self.reset(),
@@ -877,6 +886,7 @@ impl Stream {
                     }
                     Err(frame) => {
                         if let Ok(trailers) = frame.into_trailers() {
+                            complete();
                             if let Next::Go = self.encode_trailers(&trailers).await {
                                 continue;
                             }
@@ -1104,16 +1114,16 @@ impl Stream {
             self.info.response_code = Some(0);
         }
         self.sync_info();
+        let prefix = &self.l.hcm.stat_prefix;
+        let stats = &self.w.process.stats;
         if let Some(code) = self.info.response_code.filter(|c| *c >= 100) {
-            self.w.process.stats.add(
-                &format!(
-                    "http.{}.downstream_rq_{}xx",
-                    self.l.hcm.stat_prefix,
-                    code / 100
-                ),
-                1,
-            );
+            stats.add(&format!("http.{prefix}.downstream_rq_completed"), 1);
+            stats.add(&format!("http.{prefix}.downstream_rq_{}xx", code / 100), 1);
         }
+        stats.record(
+            &format!("http.{prefix}.downstream_rq_time"),
+            millis(self.started.elapsed()),
+        );
         let filters: Vec<(usize, StreamId)> =
             self.filters.iter().map(|f| (f.plugin, f.id)).collect();
         for &(p, id) in &filters {
@@ -1131,6 +1141,11 @@ impl Drop for Stream {
     fn drop(&mut self) {
         self.finish();
     }
+}
+
+/// Whole milliseconds, the unit of Envoy's `*_rq_time` histograms.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn payload_too_large() -> Reply {
