@@ -1069,9 +1069,9 @@ fn publish_decision(verdict: &str, reason: &str) {
     let _ = hostcalls::set_property(vec!["portcullis.reason"], Some(reason.as_bytes()));
 }
 
-/// Makes Envoy pick the route again from the edited headers (routing by identity). Since Envoy
-/// 1.33 a wasm filter's header edits no longer do that by themselves; older Envoy has no such
-/// function (NotFound) but re-routes on every edit anyway.
+/// Makes Envoy pick the route again from the edited headers (routing by identity). Envoy does
+/// so by itself after header edits of filters of ABI 0.2.1 (this one) but, since 1.33, not for
+/// newer ABIs; older Envoy has no such function (NotFound, ignored).
 fn clear_route_cache() {
     let _ = hostcalls::call_foreign_function("clear_route_cache", None);
 }

@@ -148,7 +148,9 @@ fn add_misc(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 let name = read(&mut c, np, nl)?;
                 match name.as_slice() {
                     // EWASM `foreign.cc` (Envoy >= 1.33): clears the route cache of the
-                    // effective stream, if there is one; Ok either way, no result.
+                    // effective stream, if there is one; Ok either way, no result. (For the
+                    // ABIs the host loads, a request-header change already does; see
+                    // `map_mut`.)
                     b"clear_route_cache" => {
                         if let Some(st) = c.data_mut().effective_stream_mut() {
                             st.route_cache_cleared = true;
@@ -312,16 +314,28 @@ fn map_ref(s: &HostState, kind: i32) -> MapRef<'_> {
 }
 
 /// The writable map now, or BadArgument.
+/// A header map the module may change. Changing the request headers clears the stream's route
+/// cache: Envoy does so for modules of ABI 0.2.1 and older, the only ones the host loads (since
+/// Envoy 1.33 only newer ABIs must call `clear_route_cache` instead; envoy PR #36671).
 fn map_mut(s: &mut HostState, kind: i32) -> Result<&mut HeaderMap, Status> {
     if !(0..=3).contains(&kind) {
         return Err(Status::BadArgument);
     }
-    match s
-        .effective_stream_mut()
-        .and_then(|st| st.maps[kind as usize].as_mut())
-    {
-        Some(slot) if slot.writable => Ok(&mut slot.map),
-        _ => Err(Status::BadArgument),
+    let Some(st) = s.effective_stream_mut() else {
+        return Err(Status::BadArgument);
+    };
+    let writable = st.maps[kind as usize]
+        .as_ref()
+        .is_some_and(|slot| slot.writable);
+    if !writable {
+        return Err(Status::BadArgument);
+    }
+    if kind == 0 {
+        st.route_cache_cleared = true;
+    }
+    match st.maps[kind as usize].as_mut() {
+        Some(slot) => Ok(&mut slot.map),
+        None => Err(Status::BadArgument),
     }
 }
 

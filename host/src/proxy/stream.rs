@@ -4,8 +4,10 @@
 //!
 //! - Before the filters the connection manager sets `x-forwarded-proto`, `x-request-id`
 //!   (`generate_request_id`) and appends the peer to `x-forwarded-for` (`use_remote_address`),
-//!   and picks the route (since envoy PR #36671 a wasm header change no longer re-routes; the
-//!   `clear_route_cache` foreign function makes the router pick it again after the filters).
+//!   and picks the route. A filter that changes the request headers (modules of ABI 0.2.1 and
+//!   older, the only ones the host loads; since envoy PR #36671 newer ABIs must call it
+//!   explicitly) or calls the `clear_route_cache` foreign function clears the route cache: the
+//!   router then picks the route again from the headers as the filters left them.
 //! - Headers `Stop` stops everything (body and trailers are not read) until the filter's
 //!   `ContinueStream` or `LocalReply` arrives; the continue carries the VM's held headers.
 //! - Body `StopIterationAndBuffer` buffers at that filter and redelivers the cumulative body;
@@ -295,8 +297,8 @@ impl Stream {
             other => return self.finish_early(other).await,
         }
         // The router works on the headers as the filters left them (a filter may have
-        // rewritten `:path`); the route is picked again only when a filter cleared the route
-        // cache (ECTX `clearRouteCache`), as header edits alone no longer re-route.
+        // rewritten `:path`); the route is picked again when a filter cleared the route cache
+        // (ECTX `clearRouteCache`: a request-header change or the foreign function).
         let path = h.get_str(":path").unwrap_or("/").to_owned();
         let route = if self.take_route_cache_cleared() {
             let authority = h.get_str(":authority").unwrap_or_default().to_owned();
