@@ -20,6 +20,13 @@ setup:
 	@# make certs and the demo stack's end-to-end test make their certificates with openssl.
 	@command -v openssl >/dev/null \
 		|| { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null; }
+	@# host/tests/dashboard.rs runs every query of the Grafana dashboard on a real Prometheus that
+	@# scrapes the host, the rate-limit service and redis_exporter; it starts the binaries itself
+	@# (no recommends: neither the packages' services nor node-exporter are needed).
+	@command -v prometheus >/dev/null \
+		|| { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	@command -v prometheus-redis-exporter >/dev/null \
+		|| { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus-redis-exporter >/dev/null; }
 
 ## build: the filter as wasm (target/wasm32-wasip1/release/portcullis.wasm) and the native CLI.
 build: setup
