@@ -25,8 +25,9 @@
 //!   `downstream_rq_<N>xx`, `downstream_rq_time` (ms), and per cluster `upstream_rq_total`,
 //!   `upstream_rq_completed`, `upstream_rq_<code>`, `upstream_rq_<N>xx`, `upstream_rq_time`
 //!   (ms, from the end of the downstream request to the end of the upstream response, as the
-//!   router's `chargeResponseTiming`), `upstream_rq_timeout`, `upstream_cx_connect_fail`. Envoy
-//!   has many more (gauges, byte counts, retries, health checks, …).
+//!   router's `chargeResponseTiming`), `upstream_rq_timeout`, `upstream_cx_connect_fail`; the
+//!   per-cluster ones for wasm callouts too (JWKS, the rate-limit service), as Envoy's async
+//!   client charges them. Envoy has many more (gauges, byte counts, retries, health checks, …).
 //! - A stat is identified by its kind and full name, as in Envoy's per-type stat maps: a counter
 //!   and a gauge may share a name.
 //! - Gauges are `u64` and wrap below zero, as Envoy release builds do (`Gauge::sub` only asserts

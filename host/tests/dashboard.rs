@@ -591,6 +591,21 @@ fn every_dashboard_query_returns_data() {
             "envoy_cluster_upstream_rq_time_count",
             vec![("envoy_cluster_name", "orders_beta")],
         ),
+        // The filter's calls to the rate-limit service count as Envoy's async client does.
+        (
+            "envoy_cluster_upstream_rq_xx",
+            vec![
+                ("envoy_response_code_class", "2"),
+                ("envoy_cluster_name", "ratelimit"),
+            ],
+        ),
+        (
+            "envoy_http_downstream_rq_xx",
+            vec![
+                ("envoy_response_code_class", "4"),
+                ("envoy_http_conn_manager_prefix", "ingress"),
+            ],
+        ),
     ] {
         assert!(
             sample(&text, name, &labels).is_some_and(|v| v >= 1.0),

@@ -17,7 +17,7 @@ use bytes::{Buf, Bytes};
 use http_body::Frame;
 use http_body_util::BodyExt;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Why a callout got no (complete) response.
 enum CallError {
@@ -39,9 +39,9 @@ async fn exchange(
     let Some(client) = w.upstreams.get(cluster) else {
         return Err(CallError::Upstream(UpstreamError::NoHealthyUpstream));
     };
-    w.process
-        .stats
-        .add(&format!("cluster.{cluster}.upstream_rq_total"), 1);
+    let stats = &w.process.stats;
+    stats.add(&format!("cluster.{cluster}.upstream_rq_total"), 1);
+    let sent = Instant::now();
     let work = async {
         let (resp, _) = client.send(req).await.map_err(CallError::Upstream)?;
         let (parts, body) = resp.into_parts();
@@ -61,12 +61,27 @@ async fn exchange(
             .unwrap_or(Err(CallError::Timeout)),
         None => work.await,
     };
-    if let Ok((h, _, _)) = &out
-        && let Some(code) = h.get_str(":status")
-    {
-        w.process
-            .stats
-            .add(&format!("cluster.{cluster}.upstream_rq_{code}"), 1);
+    // As the async client's router charges them: the code (and its class and completion),
+    // the time to the end of the response, or the timeout (504) and connect failure (503).
+    match &out {
+        Ok((h, _, _)) => {
+            if let Some(code) = h.get_str(":status").and_then(|c| c.parse().ok()) {
+                stats.upstream_code(cluster, code);
+            }
+            let ms = u64::try_from(sent.elapsed().as_millis()).unwrap_or(u64::MAX);
+            stats.record(&format!("cluster.{cluster}.upstream_rq_time"), ms);
+        }
+        Err(CallError::Timeout) => {
+            stats.add(&format!("cluster.{cluster}.upstream_rq_timeout"), 1);
+            stats.upstream_code(cluster, 504);
+        }
+        Err(CallError::Upstream(e)) => {
+            if matches!(e, UpstreamError::Connect(_)) {
+                stats.add(&format!("cluster.{cluster}.upstream_cx_connect_fail"), 1);
+            }
+            stats.upstream_code(cluster, 503);
+        }
+        Err(CallError::Reset) => {}
     }
     out
 }
