@@ -88,6 +88,15 @@ const AUTH_REASONS: [&str; 6] = [
     "introspection_unavailable",
 ];
 
+/// Reasons that are a refused body, whichever phase found them (the declared size and media
+/// type are checked with the headers).
+const BODY_REASONS: [&str; 4] = [
+    "body_too_large",
+    "unsupported_media_type",
+    "invalid_body",
+    "schema_violation",
+];
+
 /// What the filter knows about a finished request.
 #[derive(Debug, Clone, Copy)]
 pub struct Outcome<'a> {
@@ -99,7 +108,7 @@ pub struct Outcome<'a> {
     pub reason: &'static str,
     /// The rate-limit service's answer, when it was asked.
     pub rate_limit: Option<&'static str>,
-    /// The refusal came from the body (size, type, JSON, schema, inspection of the body).
+    /// A check of the body refused it (size as it streamed, JSON, schema, signatures in it).
     pub body_refused: bool,
     /// Time spent deciding, in microseconds.
     pub latency_us: u64,
@@ -171,7 +180,7 @@ pub fn of_request(config: &Config, outcome: &Outcome<'_>) -> Vec<(Series, u64)> 
             ));
         }
     }
-    if outcome.body_refused {
+    if outcome.body_refused || BODY_REASONS.contains(&outcome.reason) {
         out.push((
             Series::BodyRejections {
                 route,

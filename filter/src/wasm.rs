@@ -546,7 +546,7 @@ impl Core {
             None | Some(Ask::Wait) => Flow::Pause,
             Some(Ask::NotNeeded) => Flow::Continue,
             Some(Ask::Failed(stop)) => {
-                self.refuse_body(stop);
+                self.refuse_late(stop, false);
                 Flow::Pause
             }
         }
@@ -722,7 +722,7 @@ impl Core {
         let Some(answer) = answer else {
             self.rate_limit = Some("error");
             if service.failure_mode_deny {
-                self.refuse_body(ratelimit::unavailable());
+                self.refuse_late(ratelimit::unavailable(), false);
             } else {
                 let _ = hostcalls::resume_http_request();
             }
@@ -737,10 +737,10 @@ impl Core {
             ratelimit::Verdict::OverLimit(stop) => {
                 self.rate_limit = Some("over_limit");
                 if stop.refusal.shadow {
-                    self.record_body_refusal(stop);
+                    self.record_late_refusal(stop, false);
                     let _ = hostcalls::resume_http_request();
                 } else {
-                    self.refuse_body(stop);
+                    self.refuse_late(stop, false);
                 }
             }
         }
@@ -760,14 +760,14 @@ impl Core {
             // Streaming: each call carries one chunk.
             self.body_bytes = self.body_bytes.saturating_add(size);
             if self.body_bytes > plan.max_bytes {
-                self.refuse_body(guard::too_large(plan.max_bytes));
+                self.refuse_late(guard::too_large(plan.max_bytes), true);
                 return Action::Pause;
             }
             return Action::Continue;
         }
         // Buffering: after a Pause, each call carries the whole body so far.
         if size > plan.max_bytes {
-            self.refuse_body(guard::too_large(plan.max_bytes));
+            self.refuse_late(guard::too_large(plan.max_bytes), true);
             return Action::Pause;
         }
         if !end_of_stream {
@@ -791,10 +791,10 @@ impl Core {
                 let shadow =
                     stop.refusal.shadow || config.routes.get(plan.route).is_some_and(|r| r.shadow);
                 if shadow {
-                    self.record_body_refusal(stop.shadowed());
+                    self.record_late_refusal(stop.shadowed(), true);
                     Action::Continue
                 } else {
-                    self.refuse_body(stop);
+                    self.refuse_late(stop, true);
                     Action::Pause
                 }
             }
@@ -977,20 +977,21 @@ impl Core {
         }
     }
 
-    /// Refuses in the body phase, and records why for the audit line.
-    fn refuse_body(&mut self, stop: Stop) {
+    /// Refuses after the header decision (the rate-limit service's answer, or the body), and
+    /// records why for the audit line; `from_body` when a check of the body refused.
+    fn refuse_late(&mut self, stop: Stop, from_body: bool) {
         self.body = None;
         let request_id = self
             .seen
             .as_ref()
             .map_or_else(String::new, |s| s.request_id.clone());
         self.refuse(&stop.refusal, &request_id);
-        self.record_body_refusal(stop);
+        self.record_late_refusal(stop, from_body);
     }
 
-    fn record_body_refusal(&mut self, stop: Stop) {
+    fn record_late_refusal(&mut self, stop: Stop, from_body: bool) {
         if let Some(seen) = &mut self.seen {
-            seen.body_refused = true;
+            seen.body_refused |= from_body;
             seen.decision.verdict = Verdict::Refuse(stop.refusal);
             seen.decision.reason = stop.reason;
             seen.decision.rule = stop.rule;

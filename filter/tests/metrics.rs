@@ -229,3 +229,31 @@ fn label_values_cannot_forge_other_labels() {
     );
     assert_eq!(labels.len(), 3);
 }
+
+#[test]
+fn body_rejections_are_body_checks_only() {
+    let config = config();
+    let d = decide(&config, "/orders/1", Some("password"));
+    let outcome = |reason, body_refused| Outcome {
+        decision: Some(&d),
+        verdict: "deny",
+        reason,
+        rate_limit: Some("over_limit"),
+        body_refused,
+        latency_us: 7,
+    };
+    let has_body_series = |o: Outcome<'_>| {
+        metrics::of_request(&config, &o)
+            .iter()
+            .any(|(s, _)| matches!(s, Series::BodyRejections { .. }))
+    };
+    // A 429 or 503 decided after the headers is not a body refusal.
+    assert!(!has_body_series(outcome("rate_limited", false)));
+    assert!(!has_body_series(outcome("rate_limit_unavailable", false)));
+    // The media type and declared size are checked with the headers, and still count.
+    assert!(has_body_series(outcome("unsupported_media_type", false)));
+    assert!(has_body_series(outcome("body_too_large", false)));
+    // A signature found in the body counts; the same reason from the query does not.
+    assert!(has_body_series(outcome("suspicious_request", true)));
+    assert!(!has_body_series(outcome("suspicious_request", false)));
+}
