@@ -4,7 +4,7 @@ WASM_TARGET := wasm32-wasip1
 WASM := target/$(WASM_TARGET)/release/portcullis.wasm
 CARGO ?= cargo
 
-.PHONY: all build setup run test test-modules lint fmt bench clean certs check-deploy deploy-setup demo demo-down
+.PHONY: all build setup run test test-modules lint fmt bench clean certs check-deploy deploy-setup demo demo-down oci
 
 all: build
 
@@ -94,6 +94,7 @@ check-deploy: deploy-setup
 	$(VENV)/bin/python deploy/check/envoy_config.py envoy/envoy.yaml envoy/local.yaml
 	$(VENV)/bin/python deploy/check/envoy_config_selftest.py envoy/envoy.yaml
 	$(VENV)/bin/python scripts/check-compose.py
+	$(VENV)/bin/python scripts/check-istio.py
 
 ## bench: per-request cost natively, inside wasmtime and inside the host's ABI; whole requests over
 ## loopback; the rate-limit service's throughput next to redis-benchmark (prints figures, never
@@ -105,6 +106,12 @@ bench: build
 	$(CARGO) build --profile bench --locked -p portcullis-ratelimit --bin portcullis-ratelimit
 	$(CARGO) run --release --locked -p portcullis-bench
 	$(CARGO) bench --locked -p portcullis-ratelimit --bench throughput
+
+## oci: the filter as an OCI image layout for Istio's WasmPlugin (the Wasm image spec's compat
+## variant) in target/oci/portcullis; prints the manifest digest for the WasmPlugin's sha256 and
+## the skopeo/oras commands that push it (docs/istio.md).
+oci: build
+	python3 scripts/make-oci.py --wasm $(WASM) --out target/oci/portcullis
 
 fmt:
 	$(CARGO) fmt --all
