@@ -890,17 +890,18 @@ impl Core {
                         metrics::Kind::Counter => MetricType::Counter,
                         metrics::Kind::Histogram => MetricType::Histogram,
                     };
-                    let Ok(id) = hostcalls::define_metric(kind, &series.stat_name(config)) else {
+                    let Some(id) = raw::define_metric(kind as u32, &series.stat_name(config))
+                    else {
                         continue;
                     };
                     worker.metrics.insert(series, id);
                     id
                 }
             };
-            // Errors (an unknown id after a host restart of stats) only lose one sample.
+            // A refusal by the host only loses one sample.
             let _ = match series.kind() {
-                metrics::Kind::Counter => hostcalls::increment_metric(id, 1),
-                metrics::Kind::Histogram => hostcalls::record_metric(id, value),
+                metrics::Kind::Counter => raw::increment_metric(id, 1),
+                metrics::Kind::Histogram => raw::record_metric(id, value),
             };
         }
     }
@@ -991,7 +992,7 @@ impl Core {
 
     fn record_late_refusal(&mut self, stop: Stop, from_body: bool) {
         if let Some(seen) = &mut self.seen {
-            seen.body_refused |= from_body;
+            seen.body_refused = from_body;
             seen.decision.verdict = Verdict::Refuse(stop.refusal);
             seen.decision.reason = stop.reason;
             seen.decision.rule = stop.rule;
@@ -1064,10 +1065,64 @@ fn introspection_of(
 /// Now, from the host's clock, in nanoseconds since the Unix epoch.
 /// Leaves the decision in Envoy's filter state (`wasm.portcullis.decision`,
 /// `wasm.portcullis.reason`), where an access log reads it with
-/// `%FILTER_STATE(wasm.portcullis.decision:PLAIN)%`. Failing to set it only loses the field.
+/// `%FILTER_STATE(wasm.portcullis.decision:PLAIN)%`. A refusal by the host only loses the field.
 fn publish_decision(verdict: &str, reason: &str) {
-    let _ = hostcalls::set_property(vec!["portcullis.decision"], Some(verdict.as_bytes()));
-    let _ = hostcalls::set_property(vec!["portcullis.reason"], Some(reason.as_bytes()));
+    raw::set_property(b"portcullis.decision", verdict.as_bytes());
+    raw::set_property(b"portcullis.reason", reason.as_bytes());
+}
+
+/// The host calls whose SDK wrappers panic on a status they do not expect (proxy-wasm 0.2.5
+/// `hostcalls::set_property`, `define_metric`, `record_metric`): a panic would kill the VM for
+/// every request of the worker, so these take the status as a number and never panic.
+mod raw {
+    #[link(wasm_import_module = "env")]
+    unsafe extern "C" {
+        fn proxy_set_property(
+            path_data: *const u8,
+            path_size: usize,
+            value_data: *const u8,
+            value_size: usize,
+        ) -> u32;
+        fn proxy_define_metric(
+            metric_type: u32,
+            name_data: *const u8,
+            name_size: usize,
+            return_id: *mut u32,
+        ) -> u32;
+        fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
+        fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
+    }
+
+    /// Status `Ok` of the ABI.
+    const OK: u32 = 0;
+
+    /// Sets a property whose path is one segment (so its serialised form is the name itself).
+    pub fn set_property(name: &[u8], value: &[u8]) -> bool {
+        // SAFETY: both slices are valid for their lengths for the duration of the call; the
+        // host only reads them.
+        unsafe { proxy_set_property(name.as_ptr(), name.len(), value.as_ptr(), value.len()) == OK }
+    }
+
+    /// Defines a metric (0 counter, 1 gauge, 2 histogram); its id, if the host agreed.
+    pub fn define_metric(metric_type: u32, name: &str) -> Option<u32> {
+        let mut id = 0u32;
+        // SAFETY: `name` is valid for its length and `id` is a valid, writable u32.
+        let status =
+            unsafe { proxy_define_metric(metric_type, name.as_ptr(), name.len(), &mut id) };
+        (status == OK).then_some(id)
+    }
+
+    /// Adds to a counter.
+    pub fn increment_metric(id: u32, offset: i64) -> bool {
+        // SAFETY: plain values.
+        unsafe { proxy_increment_metric(id, offset) == OK }
+    }
+
+    /// Records a histogram sample.
+    pub fn record_metric(id: u32, value: u64) -> bool {
+        // SAFETY: plain values.
+        unsafe { proxy_record_metric(id, value) == OK }
+    }
 }
 
 /// Makes Envoy pick the route again from the edited headers (routing by identity). Envoy does

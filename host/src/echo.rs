@@ -3,8 +3,9 @@
 //! `,`, values and body as lossy UTF-8). Used by the end-to-end tests (in-process, through
 //! [`EchoServer::start`]) and by `make run` (the `portcullis-echo` binary) as the demo services.
 //!
-//! Test hooks: request header `x-echo-delay-ms: N` delays the answer (route timeouts),
-//! `x-echo-status: N` sets the status.
+//! Test hooks (on in the tests' in-process servers; `portcullis-echo --test-hooks` turns them on
+//! in the binary, off by default so that clients of the demo cannot use them): request header
+//! `x-echo-delay-ms: N` delays the answer (route timeouts), `x-echo-status: N` sets the status.
 //!
 //! Static files (`portcullis-echo --file /.well-known/jwks.json=jwks.json`): a GET of that exact
 //! path answers the file as `application/json` instead, so the demo stack's identity provider
@@ -19,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// The JSON answer for one request.
-fn answer(name: &str, parts: &http::request::Parts, body: &[u8]) -> (u16, String) {
+fn answer(name: &str, parts: &http::request::Parts, body: &[u8], hooks: bool) -> (u16, String) {
     let mut headers = serde_json::Map::new();
     for (k, v) in &parts.headers {
         let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
@@ -41,6 +42,7 @@ fn answer(name: &str, parts: &http::request::Parts, body: &[u8]) -> (u16, String
     let status = parts
         .headers
         .get("x-echo-status")
+        .filter(|_| hooks)
         .and_then(|v| v.to_str().ok()?.parse::<u16>().ok())
         .filter(|s| (200..600).contains(s))
         .unwrap_or(200);
@@ -60,6 +62,7 @@ pub type Files = Arc<HashMap<String, Vec<u8>>>;
 async fn respond(
     name: Arc<str>,
     files: Files,
+    hooks: bool,
     req: http::Request<hyper::body::Incoming>,
 ) -> Result<http::Response<ProxyBody>, std::convert::Infallible> {
     let (parts, body) = req.into_parts();
@@ -81,11 +84,12 @@ async fn respond(
     if let Some(ms) = parts
         .headers
         .get("x-echo-delay-ms")
+        .filter(|_| hooks)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
     {
         tokio::time::sleep(Duration::from_millis(ms.min(60_000))).await;
     }
-    let (status, json) = answer(&name, &parts, &body);
+    let (status, json) = answer(&name, &parts, &body, hooks);
     let mut resp = http::Response::new(full(json));
     *resp.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
     resp.headers_mut().insert(
@@ -95,11 +99,13 @@ async fn respond(
     Ok(resp)
 }
 
-/// Serves until the listener fails (HTTP/1.1 and h2c, or TLS with ALPN h2/http/1.1).
+/// Serves until the listener fails (HTTP/1.1 and h2c, or TLS with ALPN h2/http/1.1); `hooks`
+/// turns the test hooks on.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     name: String,
     files: Files,
+    hooks: bool,
     tls: Option<Arc<rustls::ServerConfig>>,
 ) {
     let name: Arc<str> = name.into();
@@ -113,7 +119,7 @@ pub async fn serve(
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                respond(Arc::clone(&name), Arc::clone(&files), req)
+                respond(Arc::clone(&name), Arc::clone(&files), hooks, req)
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             match acceptor {
@@ -170,7 +176,7 @@ impl EchoServer {
                         return;
                     };
                     tokio::select! {
-                        _ = serve(listener, name, files, tls) => {}
+                        _ = serve(listener, name, files, true, tls) => {}
                         _ = rx => {}
                     }
                 });

@@ -486,6 +486,39 @@ fn metrics_define_increment_record_get() {
 }
 
 #[test]
+fn clear_route_cache_and_request_header_edits_clear_the_route_cache() {
+    let (mut vm, logs, _) = start("route_cache");
+    // The foreign function alone (no header edit).
+    let s = vm.create_stream(StreamInfo::default());
+    let mut h = get_request();
+    vm.on_request_headers(s, &mut h, true);
+    assert!(
+        logs.results()
+            .contains(&"clear=Ok(None) unknown=Err(NotFound)".to_owned()),
+        "{:?}",
+        logs.results()
+    );
+    assert!(vm.take_route_cache_cleared(s));
+    assert!(!vm.take_route_cache_cleared(s), "the flag is taken once");
+    // No foreign function: a request-header edit of an ABI 0.2.1 module clears it too (Envoy
+    // clears the route cache on such edits for ABIs up to 0.2.1)...
+    let (mut vm, _, _) = start("source_address");
+    let s = vm.create_stream(StreamInfo::default());
+    let mut h = get_request();
+    vm.on_request_headers(s, &mut h, true);
+    assert!(
+        vm.take_route_cache_cleared(s),
+        "a request-header edit clears it"
+    );
+    // ...and a module that neither edits nor calls leaves it.
+    let (mut vm, _, _) = start("pass");
+    let s = vm.create_stream(StreamInfo::default());
+    let mut h = get_request();
+    vm.on_request_headers(s, &mut h, true);
+    assert!(!vm.take_route_cache_cleared(s), "no edit, no clearing");
+}
+
+#[test]
 fn trap_fails_the_vm_then_fail_closed_or_open() {
     for fail_open in [false, true] {
         let (shared, logs) = host();

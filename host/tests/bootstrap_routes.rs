@@ -242,9 +242,17 @@ fn redirects_build_envoys_location() {
         redirect("/a/x?q=1"),
         (301, "https://gw.test:8443/a/x?q=1".to_owned())
     );
+    // host_redirect drops the request's port unless port_redirect sets one.
     assert_eq!(
         redirect("/b?q=1"),
-        (308, "http://example.net:8080/new".to_owned())
+        (308, "http://example.net/new".to_owned())
     );
-    assert_eq!(redirect("/c"), (301, "https://gw.test/c".to_owned()));
+    // A scheme change keeps a port that is not the old scheme's default...
+    assert_eq!(redirect("/c"), (301, "https://gw.test:8080/c".to_owned()));
+    // ...and drops the default one.
+    let r = rc.select("gw.test:80", "/c", &[]).unwrap();
+    let bootstrap::RouteAction::Redirect(r) = &r.action else {
+        panic!("{:?}", r.action)
+    };
+    assert_eq!(r.location("http", "gw.test:80", "/c"), "https://gw.test/c");
 }

@@ -214,7 +214,8 @@ fn the_demo_stack_end_to_end() {
             break r;
         }
         allowed += 1;
-        assert!(allowed <= 60, "no 429 after 60 requests");
+        // Windows are aligned to the minute: a loop that crosses one may need two of them.
+        assert!(allowed <= 120, "no 429 after 120 requests");
     };
     assert_eq!(limited.status, 429);
     assert!(limited.header("retry-after").is_some());

@@ -271,6 +271,10 @@ fn every_error_names_its_path() {
             "routes[1].shadow: expected a boolean",
         ),
         (
+            Box::new(|d| d["providers"]["keys"]["clear_route_cache"] = json!(1)),
+            "providers.keys.clear_route_cache: expected a boolean",
+        ),
+        (
             Box::new(|d| d["verified_token_cache"] = json!({"max_entries": 10_000_000})),
             "verified_token_cache.max_entries: 10000000 is larger than the maximum",
         ),
@@ -398,4 +402,18 @@ fn urls_split_into_authority_and_path() {
     assert_eq!(split_url("https://user@h/x"), None);
     assert_eq!(split_url("https:///x"), None);
     assert_eq!(split_url("h/x"), None);
+}
+
+#[test]
+fn clear_route_cache_on_any_provider_routes_every_edited_request_again() {
+    let config = |flag: bool| {
+        let mut doc = valid();
+        doc["providers"]["keys"]["clear_route_cache"] = json!(flag);
+        Config::from_json(doc.to_string().as_bytes()).unwrap_or_else(|e| panic!("{e:?}"))
+    };
+    assert!(config(true).clear_route_cache);
+    assert!(!config(false).clear_route_cache);
+    let default =
+        Config::from_json(valid().to_string().as_bytes()).unwrap_or_else(|e| panic!("{e:?}"));
+    assert!(!default.clear_route_cache);
 }

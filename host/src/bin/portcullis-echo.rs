@@ -1,10 +1,11 @@
-//! `portcullis-echo --listen ADDR [--name NAME] [--tls-cert F --tls-key F] [--file PATH=FILE]…`:
+//! `portcullis-echo --listen ADDR [--name NAME] [--tls-cert F --tls-key F] [--file PATH=FILE]…
+//! [--test-hooks]`:
 //! the demo upstream of `make run` and of the compose stack (see [`portcullis_host::echo`]).
 
 use std::path::PathBuf;
 
 const USAGE: &str = "usage: portcullis-echo --listen 127.0.0.1:10081 [--name NAME] \
-     [--tls-cert F --tls-key F] [--file /url/path=FILE]...";
+     [--tls-cert F --tls-key F] [--file /url/path=FILE]... [--test-hooks]";
 
 fn main() {
     std::process::exit(match real_main() {
@@ -21,6 +22,7 @@ fn real_main() -> Result<(), String> {
     let mut name = "echo".to_owned();
     let (mut cert, mut key) = (None, None);
     let mut files = std::collections::HashMap::new();
+    let mut hooks = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || {
@@ -32,6 +34,7 @@ fn real_main() -> Result<(), String> {
             "--name" => name = value()?,
             "--tls-cert" => cert = Some(PathBuf::from(value()?)),
             "--tls-key" => key = Some(PathBuf::from(value()?)),
+            "--test-hooks" => hooks = true,
             "--file" => {
                 let spec = value()?;
                 let (url, file) = spec
@@ -65,7 +68,7 @@ fn real_main() -> Result<(), String> {
             .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
         eprintln!("portcullis-echo {name} listening on {listen}");
         tokio::select! {
-            _ = portcullis_host::echo::serve(listener, name, files.into(), tls) => {}
+            _ = portcullis_host::echo::serve(listener, name, files.into(), hooks, tls) => {}
             _ = tokio::signal::ctrl_c() => {}
         }
         Ok(())

@@ -183,18 +183,24 @@ pub struct Redirect {
 }
 
 impl Redirect {
-    /// The `location` for a request (Envoy `RouteEntryImplBase::newUri`): the new scheme, host
-    /// and port; without `port_redirect`, a port in the authority is dropped when the scheme
-    /// changes (Envoy drops the old scheme's default port; a demo redirect sets the port).
+    /// The `location` for a request (Envoy `RouteEntryImplBase::newUri`): `port_redirect` sets
+    /// the port; without it, `host_redirect` drops the request's port, and a scheme change drops
+    /// it only when it is the old scheme's default (80 for http, 443 for https).
     pub fn location(&self, scheme: &str, authority: &str, path: &str) -> String {
         let new_scheme = self.scheme.as_deref().unwrap_or(scheme);
         let (host, port) = split_authority(authority);
-        let host = self.host.as_deref().unwrap_or(host);
-        let port = match (self.port, port) {
-            (Some(p), _) => Some(p.to_string()),
-            (None, Some(p)) if new_scheme == scheme => Some(p.to_owned()),
+        let default_port = match scheme {
+            "http" => Some("80"),
+            "https" => Some("443"),
             _ => None,
         };
+        let port = match (self.port, &self.host, port) {
+            (Some(p), _, _) => Some(p.to_string()),
+            (None, Some(_), _) => None,
+            (None, None, Some(p)) if new_scheme != scheme && Some(p) == default_port => None,
+            (None, None, p) => p.map(str::to_owned),
+        };
+        let host = self.host.as_deref().unwrap_or(host);
         let (old_path, query) = match path.split_once('?') {
             Some((p, q)) => (p, Some(q)),
             None => (path, None),
@@ -206,6 +212,9 @@ impl Redirect {
         }
         match &self.path {
             Some(p) => {
+                if !p.starts_with('/') {
+                    out.push('/');
+                }
                 out.push_str(p);
                 if !p.contains('?')
                     && let Some(q) = query.filter(|_| !self.strip_query)

@@ -308,6 +308,12 @@ impl Stream {
                 .select_route(&authority, self.l.bound.port(), &path, &h.pairs)
                 .cloned();
             self.info.route_name = route.as_ref().map(|r| r.name.clone());
+            self.info.virtual_host_name = self
+                .l
+                .hcm
+                .route_config
+                .virtual_host(&authority)
+                .map(|vh| vh.name.clone());
             self.info.cluster_name = match route.as_ref().map(|r| &r.action) {
                 Some(RouteAction::Forward { cluster, .. }) => Some(cluster.clone()),
                 _ => None,

@@ -8,7 +8,8 @@
 //! `source_address` (copies `source.address` / `source.port` into request headers
 //! `x-source-address` / `x-source-port`), `cas_counter` (each request increments the shared
 //! counter `cas_counter` with CAS retries and reports it in `x-cas-counter`, the VM's number in
-//! `x-vm` and the retries in `x-cas-mismatches`; `x-cas-read` only reads it);
+//! `x-vm` and the retries in `x-cas-mismatches`; `x-cas-read` only reads it), `route_cache`
+//! (calls the `clear_route_cache` foreign function and an unknown one, edits nothing);
 //! anything else passes every callback through. `{"cluster": "..."}` retargets the
 //! callouts of `http_call` / `grpc_call` (defaults `auth_cluster` / `grpc_cluster`); request
 //! headers `x-grpc-method` (gRPC method, default `Check`) and `x-echo-delay-ms` (copied into the

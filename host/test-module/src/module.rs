@@ -321,6 +321,13 @@ impl HttpContext for Stream {
                 self.cas = Some(cas);
                 Action::Continue
             }
+            "route_cache" => {
+                // The foreign function, without any header edit.
+                let clear = hostcalls::call_foreign_function("clear_route_cache", None);
+                let unknown = hostcalls::call_foreign_function("compress", Some(b"x"));
+                result(&format!("clear={clear:?} unknown={unknown:?}"));
+                Action::Continue
+            }
             "metrics" => {
                 let m = &self.metrics;
                 let inc = hostcalls::increment_metric(m.counter.get(), 1);
