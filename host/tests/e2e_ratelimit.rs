@@ -8,12 +8,12 @@
 mod support;
 
 use portcullis_ratelimit::clock::SystemClock;
-use portcullis_ratelimit::server::{Server, Settings, StoreSettings};
-use portcullis_ratelimit::service::{FailureMode, ServiceOptions};
+use portcullis_ratelimit::server::StoreSettings;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use support::rls::{self, RateLimitService};
 use support::*;
 
 const LIMITS: &str = r#"
@@ -35,46 +35,12 @@ descriptors:
       requests_per_unit: 20
 "#;
 
-/// The rate-limit service on a runtime of its own; dropped with the runtime.
-struct RateLimitService {
-    grpc: SocketAddr,
-    _runtime: tokio::runtime::Runtime,
-    _config: TempDir,
-}
-
 fn rate_limit_service() -> RateLimitService {
     rate_limit_service_on(StoreSettings::Memory(Arc::new(SystemClock)))
 }
 
 fn rate_limit_service_on(store: StoreSettings) -> RateLimitService {
-    let dir = TempDir::new();
-    std::fs::write(dir.0.join("limits.yaml"), LIMITS).unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let settings = Settings {
-        config_path: dir.0.clone(),
-        store,
-        grpc_listen: "127.0.0.1:0".parse().unwrap(),
-        http_listen: "127.0.0.1:0".parse().unwrap(),
-        service: ServiceOptions {
-            failure_mode: FailureMode::Unavailable,
-            key_prefix: "rl:".to_owned(),
-            global_shadow_mode: false,
-        },
-        config_poll: Duration::from_secs(1),
-        drain_timeout: Duration::from_secs(1),
-    };
-    let server = runtime.block_on(Server::bind(settings)).unwrap();
-    let grpc = server.grpc_addr().unwrap();
-    runtime.spawn(server.run(std::future::pending()));
-    RateLimitService {
-        grpc,
-        _runtime: runtime,
-        _config: dir,
-    }
+    rls::start(LIMITS, store)
 }
 
 fn filter_config(failure_mode_deny: bool) -> Value {

@@ -4,13 +4,13 @@
 //! (in this process) on `deploy/ratelimit/config.yaml`. So the routes, the filter configuration,
 //! the clusters' TLS and the certificates that docker-compose uses are the ones exercised here.
 
+use super::rls::{self, RateLimitService};
 use super::*;
 use portcullis::jwt::Algorithm;
 use portcullis::mint::SigningKey;
 use portcullis_host::echo::EchoServer;
 use portcullis_ratelimit::clock::SystemClock;
-use portcullis_ratelimit::server::{Server, Settings, StoreSettings};
-use portcullis_ratelimit::service::{FailureMode, ServiceOptions};
+use portcullis_ratelimit::server::StoreSettings;
 use rustls::pki_types::{CertificateDer, ServerName};
 use std::collections::HashMap;
 use std::path::Path;
@@ -51,50 +51,6 @@ pub fn filter_configuration(doc: &serde_yaml::Value) -> String {
         .to_owned()
 }
 
-/// The rate-limit service on a runtime of its own.
-struct RateLimit {
-    grpc: SocketAddr,
-    http: SocketAddr,
-    _runtime: tokio::runtime::Runtime,
-    _dir: TempDir,
-}
-
-fn rate_limit_service(store: StoreSettings) -> RateLimit {
-    let dir = TempDir::new();
-    std::fs::copy(
-        repo_file("deploy/ratelimit/config.yaml"),
-        dir.0.join("config.yaml"),
-    )
-    .unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let settings = Settings {
-        config_path: dir.0.clone(),
-        store,
-        grpc_listen: "127.0.0.1:0".parse().unwrap(),
-        http_listen: "127.0.0.1:0".parse().unwrap(),
-        service: ServiceOptions {
-            failure_mode: FailureMode::Unavailable,
-            key_prefix: "rl:".to_owned(),
-            global_shadow_mode: false,
-        },
-        config_poll: Duration::from_secs(1),
-        drain_timeout: Duration::from_secs(1),
-    };
-    let server = runtime.block_on(Server::bind(settings)).unwrap();
-    let (grpc, http) = (server.grpc_addr().unwrap(), server.http_addr().unwrap());
-    runtime.spawn(server.run(std::future::pending()));
-    RateLimit {
-        grpc,
-        http,
-        _runtime: runtime,
-        _dir: dir,
-    }
-}
-
 /// The running demo stack.
 pub struct Demo {
     pub host: Host,
@@ -111,7 +67,7 @@ pub struct Demo {
     roots: Vec<CertificateDer<'static>>,
     signer: SigningKey,
     _upstreams: Vec<EchoServer>,
-    _ratelimit: RateLimit,
+    _ratelimit: RateLimitService,
     _certs: TempDir,
 }
 
@@ -153,7 +109,8 @@ impl Demo {
             addresses.insert(name.to_owned(), echo.addr());
             upstreams.push(echo);
         }
-        let ratelimit = rate_limit_service(store);
+        let limits = std::fs::read_to_string(repo_file("deploy/ratelimit/config.yaml")).unwrap();
+        let ratelimit = rls::start(&limits, store);
         addresses.insert("portcullis-ratelimit".to_owned(), ratelimit.grpc);
 
         let (https, http, admin) = (free_port(), free_port(), free_port());

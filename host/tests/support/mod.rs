@@ -18,6 +18,7 @@ pub use portcullis_host::echo::EchoServer;
 
 pub mod demo;
 pub mod idp;
+pub mod rls;
 
 /// How long the host may take to compile its modules and start (debug wasmtime is slow).
 pub const START_DEADLINE: Duration = Duration::from_secs(120);
