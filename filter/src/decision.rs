@@ -277,7 +277,7 @@ pub fn decide(config: &Config, env: &mut Env<'_>, req: &Request<'_>) -> Decision
         _ => guard::body_headers(route, req, env.end_of_stream),
     };
     for stop in (0..CHECKS).filter_map(|step| check(step, env)) {
-        if stop.refusal.shadow || route.shadow {
+        if guard::is_shadowed(&stop.refusal, Some(route)) {
             shadowed.get_or_insert(stop.shadowed());
         } else {
             let mut d = refused(stop, edits);
@@ -297,7 +297,7 @@ pub fn decide(config: &Config, env: &mut Env<'_>, req: &Request<'_>) -> Decision
     if decision.verdict == Verdict::Allow
         && let Some(stop) = guard::inspect_request(route, req, &normalized.path)
     {
-        if stop.refusal.shadow || route.shadow {
+        if guard::is_shadowed(&stop.refusal, Some(route)) {
             shadowed.get_or_insert(stop.shadowed());
         } else {
             decision.verdict = Verdict::Refuse(stop.refusal);

@@ -56,6 +56,24 @@ impl Stop {
     }
 }
 
+/// Whether a refusal is only recorded and the request passes: its own check runs in shadow
+/// mode, or its route does. The one rule of every phase (headers, rate limit, body), so that a
+/// shadowed route never refuses, whichever check fires.
+pub fn is_shadowed(refusal: &Refusal, route: Option<&Route>) -> bool {
+    refusal.shadow || route.is_some_and(|r| r.shadow)
+}
+
+/// The refusal when the proxy would not give the filter what it needs to decide (a host call
+/// failed): fail closed with 503 and let the client retry.
+pub fn host_failure() -> Stop {
+    Stop::new(
+        503,
+        "gateway_unavailable",
+        "the gateway could not read the request; retry shortly".to_owned(),
+    )
+    .header("retry-after", "1".to_owned())
+}
+
 /// What the filter does with a request body that follows the headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BodyPlan {
@@ -407,6 +425,27 @@ fn safe_method(m: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn a_refusal_is_shadowed_by_its_own_mode_or_its_route() {
+        let config = Config::from_json(
+            br#"{"routes": [
+                {"name": "enforced", "match": {"prefix": "/a"}, "public": true},
+                {"name": "watched", "match": {"prefix": "/b"}, "public": true, "shadow": true}
+            ]}"#,
+        )
+        .map_err(|e| format!("{e:?}"))
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        let (enforced, watched) = (config.routes.first(), config.routes.get(1));
+        let refusal = too_large(10).refusal;
+        assert!(!is_shadowed(&refusal, enforced));
+        assert!(!is_shadowed(&refusal, None));
+        assert!(is_shadowed(&refusal, watched));
+        let own = too_large(10).shadowed().refusal;
+        assert!(is_shadowed(&own, enforced));
+        assert!(is_shadowed(&own, None));
+    }
 
     #[test]
     fn media_types_match_with_wildcards_and_parameters() {

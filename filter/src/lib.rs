@@ -21,6 +21,7 @@ pub mod jwt;
 pub mod metrics;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod mint;
+pub mod pairs;
 pub mod path;
 pub mod ratelimit;
 pub mod reply;

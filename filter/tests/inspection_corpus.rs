@@ -1,5 +1,8 @@
 //! The labelled corpus of `tests/corpus/` (sources in `tests/corpus/SOURCES.md`): detection per
-//! category and false positives at every level, with floors that must not regress.
+//! category and false positives at every level, with floors that must not regress. At the
+//! default level (`medium`), and so at `low`, no benign value may be flagged at all: the README
+//! and `docs/inspection.md` promise 0 false positives, and a block-mode inspection that refuses
+//! an ordinary request is an outage for that caller.
 //!
 //! Run with `--nocapture` to see the figures; `INSPECT_VERBOSE=1` also lists every miss and
 //! every false positive. The `#[ignore]`d `timing` test measures the cost per request (run it in
@@ -41,10 +44,24 @@ fn load(text: &str) -> Vec<Entry> {
         .collect()
 }
 
-/// Detection rate per category and false-positive rate, in percent.
+/// The corpus as documented (README, `docs/inspection.md`): attacks per category and benign
+/// values. Exact, so that a loader that drops lines, or a corpus edit, cannot change the figures
+/// the floors are measured on without being noticed.
+const ATTACKS_PER_CATEGORY: [(Category, usize); 5] = [
+    (Category::Sqli, 403),
+    (Category::Xss, 233),
+    (Category::Traversal, 142),
+    (Category::CommandInjection, 217),
+    (Category::HeaderInjection, 96),
+];
+const BENIGN_VALUES: usize = 1439;
+
+/// Detection rate per category and false-positive rate, in percent, and the benign values
+/// flagged (rule, location, value).
 struct Figures {
     detection: BTreeMap<Category, (usize, usize)>,
     false_positives: (usize, usize),
+    flagged: Vec<String>,
 }
 
 impl Figures {
@@ -81,22 +98,21 @@ fn measure(level: Level) -> Figures {
         }
     }
     let benign = load(BENIGN);
-    let mut flagged = 0;
+    let mut flagged = Vec::new();
     for entry in &benign {
         assert!(entry.category.is_none(), "benign entries carry no category");
         if let Some(f) = inspector.inspect(entry.location, &entry.value) {
-            flagged += 1;
+            let line = format!("{} {}: {:?}", f.rule, entry.location, entry.value);
             if verbose {
-                println!(
-                    "FP {level} {} {}: {:?}",
-                    f.rule, entry.location, entry.value
-                );
+                println!("FP {level} {line}");
             }
+            flagged.push(line);
         }
     }
     let figures = Figures {
         detection,
-        false_positives: (flagged, benign.len()),
+        false_positives: (flagged.len(), benign.len()),
+        flagged,
     };
     println!("level {level}:");
     for (category, (hit, total)) in &figures.detection {
@@ -116,8 +132,8 @@ fn measure(level: Level) -> Figures {
 }
 
 /// Floors measured on this corpus, rounded down a little: detection per category (percent) and
-/// the false-positive ceiling (percent). Raise them when the rules improve; never lower them to
-/// make a change pass.
+/// the false-positive ceiling (percent; 0 means not one value). Raise them when the rules
+/// improve; never lower them to make a change pass.
 /// (level, detection floor per category in percent, false-positive ceiling in percent)
 type Floor = (Level, &'static [(Category, f64)], f64);
 
@@ -131,7 +147,7 @@ const FLOORS: &[Floor] = &[
             (Category::CommandInjection, 17.0),
             (Category::HeaderInjection, 95.0),
         ],
-        0.1,
+        0.0,
     ),
     (
         Level::Medium,
@@ -142,7 +158,7 @@ const FLOORS: &[Floor] = &[
             (Category::CommandInjection, 95.0),
             (Category::HeaderInjection, 95.0),
         ],
-        0.1,
+        0.0,
     ),
     (
         Level::High,
@@ -161,20 +177,22 @@ const FLOORS: &[Floor] = &[
 fn corpus_detection_and_false_positives_hold_their_floors() {
     let attacks = load(ATTACKS);
     let benign = load(BENIGN);
-    assert!(
-        benign.len() >= attacks.len(),
-        "at least as many benign values as attacks"
+    assert_eq!(benign.len(), BENIGN_VALUES, "benign values");
+    assert_eq!(
+        attacks.len(),
+        ATTACKS_PER_CATEGORY.iter().map(|(_, n)| n).sum::<usize>(),
+        "attack values"
     );
-    for category in Category::ALL {
-        assert!(
-            attacks
-                .iter()
-                .filter(|e| e.category == Some(category))
-                .count()
-                >= 90,
-            "{category}: too few attacks in the corpus"
-        );
+    assert_eq!(Category::ALL.len(), ATTACKS_PER_CATEGORY.len());
+    for (category, expected) in ATTACKS_PER_CATEGORY {
+        let got = attacks
+            .iter()
+            .filter(|e| e.category == Some(category))
+            .count();
+        assert_eq!(got, expected, "{category}: attacks in the corpus");
     }
+    // The promise of 0 false positives is made for the default level.
+    assert_eq!(InspectorOptions::default().level, Level::Medium);
     for (level, detection, max_false_positives) in FLOORS {
         let figures = measure(*level);
         for (category, floor) in *detection {
@@ -187,7 +205,8 @@ fn corpus_detection_and_false_positives_hold_their_floors() {
         let fp = figures.false_positive_percent();
         assert!(
             fp <= *max_false_positives,
-            "{level}: false positives {fp:.2}% > ceiling {max_false_positives}%"
+            "{level}: false positives {fp:.2}% > ceiling {max_false_positives}%:\n{}",
+            figures.flagged.join("\n")
         );
     }
 }

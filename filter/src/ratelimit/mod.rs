@@ -152,14 +152,16 @@ pub fn verdict(service: &RateLimitService, response: &Response) -> Verdict {
     Verdict::OverLimit(stop)
 }
 
-/// The refusal when the service failed or was late and the failure mode denies.
-pub fn unavailable() -> Stop {
+/// The refusal when the service failed or was late and the failure mode denies (recorded only
+/// when the service is in shadow mode: a service being tried out must not block by failing).
+pub fn unavailable(service: &RateLimitService) -> Stop {
     let mut stop = Stop::new(
         503,
         "rate_limit_unavailable",
         "the rate-limit service is unavailable; retry shortly".to_owned(),
     );
     stop.refusal.headers.push(("retry-after", "1".to_owned()));
+    stop.refusal.shadow = service.shadow;
     stop
 }
 
@@ -252,6 +254,28 @@ mod tests {
             shadow: false,
             grpc_service: proto::encode_grpc_service("rl"),
         }
+    }
+
+    #[test]
+    fn a_failure_is_shadowed_exactly_when_the_service_is() {
+        let enforced = unavailable(&service(HeaderStyle::Ietf));
+        assert_eq!(enforced.refusal.status, 503);
+        assert_eq!(enforced.refusal.error, "rate_limit_unavailable");
+        assert!(
+            enforced
+                .refusal
+                .headers
+                .contains(&("retry-after", "1".to_owned()))
+        );
+        assert!(!crate::guard::is_shadowed(&enforced.refusal, None));
+        let shadow = RateLimitService {
+            shadow: true,
+            ..service(HeaderStyle::Ietf)
+        };
+        assert!(crate::guard::is_shadowed(
+            &unavailable(&shadow).refusal,
+            None
+        ));
     }
 
     #[test]

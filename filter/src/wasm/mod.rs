@@ -1,15 +1,21 @@
 //! The proxy-wasm binding: carries configuration and headers in, decisions out. No policy here.
 //!
-//! One root context per plugin and worker parses the configuration in `on_configure`; it hands
+//! [`exports`] receives Envoy's callbacks and routes them to the contexts below; [`hostcalls`]
+//! makes every call into Envoy without any way to panic (the proxy-wasm SDK's wrappers panic on
+//! statuses they do not expect, which would kill the worker's VM).
+//!
+//! One root context per plugin and VM parses the configuration in `on_configure`; it hands
 //! each stream (one HTTP context per request) the prepared [`Config`], the worker's token cache
-//! and the worker's fetched keys. All request headers are read in `on_http_request_headers`,
+//! and the worker's fetched keys. All request headers are read in `on_request_headers`,
 //! because Envoy serves them only then.
 //!
 //! A request whose provider fetches its keys and has none yet (or not the token's `kid`) is
 //! paused and parked with the root. The root fetches keys on its tick (`jwks`); when they
 //! change, or the wait ends, it makes the stream the effective context and decides the request
-//! again. That is why a stream's state lives in a [`Core`] the root can reach, and why the
-//! core talks to the host through `hostcalls` rather than the SDK's context traits.
+//! again. That is why a stream's state lives in a [`Core`] the root can reach.
+
+mod exports;
+mod hostcalls;
 
 use crate::audit::{self, AuditRecord};
 use crate::burst::{SharedStore, StoreError};
@@ -26,19 +32,13 @@ use crate::ratelimit::{self, proto};
 use crate::reply;
 use crate::request::{Request, split_host_port};
 use crate::shared_cache::{EntryId, Kind, SharedTokens};
-use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
+use exports::Callout;
+use hostcalls::{Buffer, Level, Map, MetricKind, SetShared};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::rc::{Rc, Weak};
-use std::time::{Duration, Instant, UNIX_EPOCH};
-
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|id| -> Box<dyn RootContext> { Box::new(Root::new(id)) });
-}}
+use std::time::{Duration, Instant};
 
 /// How often the root looks at the shared key sets and starts fetches, when a provider fetches
 /// its keys. Also how late a waiting request may learn that its wait is over.
@@ -51,7 +51,7 @@ const MAX_INTROSPECTIONS_IN_FLIGHT: usize = 256;
 
 /// Per plugin and worker VM: the prepared configuration, the verified-token cache and the
 /// fetched keys.
-struct Root {
+pub(crate) struct Root {
     id: u32,
     config: Option<Rc<Config>>,
     cache: Rc<RefCell<TokenCache>>,
@@ -69,19 +69,9 @@ struct Worker {
     introspecting: Vec<(u32, u64)>,
     /// Requests paused until their provider's keys change or their wait ends.
     waiters: Vec<Waiter>,
-    /// Calls the root sent for a stream it resumed (the SDK delivers their answers to the
-    /// root): the call and the stream.
-    calls: Vec<(Callout, Weak<RefCell<Core>>)>,
     /// Stat ids of the metric series this worker defined (ids are per VM; the stats behind
     /// them are Envoy's, shared by name).
     metrics: HashMap<Series, u32>,
-}
-
-/// A callout's token, by kind (HTTP and gRPC tokens may overlap).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Callout {
-    Http(u32),
-    Grpc(u32),
 }
 
 struct Waiter {
@@ -91,7 +81,7 @@ struct Waiter {
 }
 
 impl Root {
-    fn new(id: u32) -> Self {
+    pub(crate) fn new(id: u32) -> Self {
         Root {
             id,
             config: None,
@@ -103,25 +93,27 @@ impl Root {
     /// Sends key fetches; one that cannot be sent backs off like a failed one.
     fn send_fetches(&self, fetches: Vec<Fetch>, now: u64) {
         for fetch in fetches {
-            let sent = hostcalls::dispatch_http_call(
+            let sent = hostcalls::http_call(
                 &fetch.cluster,
-                vec![
+                &[
                     (":method", "GET"),
                     (":path", &fetch.path),
                     (":authority", &fetch.authority),
                     ("accept", "application/json"),
                     ("user-agent", "portcullis"),
                 ],
-                None,
-                vec![],
-                Duration::from_millis(fetch.timeout_ms),
+                b"",
+                u32::try_from(fetch.timeout_ms).unwrap_or(u32::MAX),
             );
             let mut worker = self.worker.borrow_mut();
             match sent {
-                Ok(token) => worker.keys.started(&fetch, token),
-                Err(status) => {
+                Ok(token) => {
+                    exports::register(Callout::Http(token), self.id);
+                    worker.keys.started(&fetch, token);
+                }
+                Err(error) => {
                     log_warn(&format!(
-                        "portcullis: provider {}: cannot fetch keys through cluster {:?}: {status:?}",
+                        "portcullis: provider {}: cannot fetch keys through cluster {:?}: {error}",
                         worker.keys.name(fetch.provider),
                         fetch.cluster
                     ));
@@ -155,7 +147,7 @@ impl Root {
         for core in ready {
             self.on_behalf(&core, |core| {
                 core.waited.keys = true;
-                core.decide_again(true);
+                core.decide_again();
             });
         }
     }
@@ -166,41 +158,25 @@ impl Root {
         let Some(core) = core.upgrade() else {
             return;
         };
-        let (context_id, finished) = {
-            let c = core.borrow();
-            (c.context_id, c.finished)
+        let Ok(mut core) = core.try_borrow_mut() else {
+            return;
         };
         // A stream that ended (the client left) must not be touched: Envoy keeps its id valid
         // until the filter is deleted, but its callbacks are gone.
-        if !finished && hostcalls::set_effective_context(context_id).is_ok() {
-            f(&mut core.borrow_mut());
+        if !core.finished && hostcalls::set_effective_context(core.context_id).is_ok() {
+            f(&mut core);
         }
         let _ = hostcalls::set_effective_context(self.id);
     }
-}
 
-impl Root {
-    /// Takes the stream a callout of the root belongs to, if it is one of those.
-    fn callout_owner(&self, call: Callout) -> Option<Weak<RefCell<Core>>> {
-        let mut worker = self.worker.borrow_mut();
-        let i = worker.calls.iter().position(|(c, _)| *c == call)?;
-        Some(worker.calls.swap_remove(i).1)
-    }
-}
-
-impl Context for Root {
-    fn on_http_call_response(&mut self, token: u32, _headers: usize, body: usize, _: usize) {
-        if let Some(core) = self.callout_owner(Callout::Http(token)) {
-            self.on_behalf(&core, |core| {
-                core.on_introspection_answer(token, body, true)
-            });
-            return;
-        }
+    /// The answer to one of the root's key fetches (`headers` 0: the call failed, e.g. the
+    /// connection was reset, and there is no answer to read).
+    pub(crate) fn on_http_call_response(&mut self, token: u32, headers: usize, body_size: usize) {
         if !self.worker.borrow().keys.owns(token) {
             return;
         }
         let now = now_ns();
-        let (status, bytes) = http_call_response(body);
+        let (status, bytes) = http_call_response(headers, body_size);
         let answer = self
             .worker
             .borrow_mut()
@@ -217,23 +193,22 @@ impl Context for Root {
         }
     }
 
-    fn on_grpc_call_response(&mut self, token: u32, status_code: u32, response_size: usize) {
-        let Some(core) = self.callout_owner(Callout::Grpc(token)) else {
-            return;
-        };
-        self.on_behalf(&core, |core| {
-            core.on_rate_limit_answer(token, status_code, response_size);
-        });
-    }
-}
-
-impl RootContext for Root {
-    fn on_configure(&mut self, _size: usize) -> bool {
-        let Some(bytes) = self.get_plugin_configuration() else {
-            log_error(
-                "portcullis: no plugin configuration (set `configuration` in the wasm filter)",
-            );
-            return false;
+    /// Reads and prepares the configuration; `false` makes Envoy refuse the filter.
+    pub(crate) fn on_configure(&mut self) -> bool {
+        let bytes = match hostcalls::get_buffer(Buffer::PluginConfiguration, usize::MAX) {
+            Ok(Some(bytes)) if !bytes.is_empty() => bytes,
+            Ok(_) => {
+                log_error(
+                    "portcullis: no plugin configuration (set `configuration` in the wasm filter)",
+                );
+                return false;
+            }
+            Err(error) => {
+                log_error(&format!(
+                    "portcullis: cannot read the plugin configuration: {error}"
+                ));
+                return false;
+            }
         };
         match Config::from_json(&bytes) {
             Ok(config) => {
@@ -242,7 +217,13 @@ impl RootContext for Root {
                 keys.init_shared(&HostStore);
                 if !keys.is_empty() {
                     // The first tick fetches (or installs what another worker fetched).
-                    let _ = hostcalls::set_tick_period(TICK);
+                    let period = u32::try_from(TICK.as_millis()).unwrap_or(u32::MAX);
+                    if let Err(error) = hostcalls::set_tick_period(period) {
+                        log_error(&format!(
+                            "portcullis: cannot start the timer that fetches keys: {error}"
+                        ));
+                        return false;
+                    }
                 }
                 self.worker = Rc::new(RefCell::new(Worker {
                     keys,
@@ -272,42 +253,22 @@ impl RootContext for Root {
         }
     }
 
-    fn on_tick(&mut self) {
+    pub(crate) fn on_tick(&mut self) {
         let now = now_ns();
         let (installed, fetches) = self.worker.borrow_mut().keys.poll(&HostStore, now);
         self.send_fetches(fetches, now);
         self.keys_installed(&installed, now);
     }
 
-    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        // Never `None`: the SDK panics on it. Without a configuration (Envoy does not start a
-        // filter whose on_configure failed, but fail closed anyway) every request gets a 503.
-        let core = Rc::new_cyclic(|me| {
-            RefCell::new(Core {
-                me: me.clone(),
-                context_id,
-                config: self.config.clone(),
-                cache: Rc::clone(&self.cache),
-                worker: Rc::clone(&self.worker),
-                held: None,
-                seen: None,
-                status: None,
-                body: None,
-                body_bytes: 0,
-                rate_limit_call: None,
-                introspection_call: None,
-                answer: None,
-                rate_limit: None,
-                response_headers: Vec::new(),
-                finished: false,
-                waited: Waited::default(),
-            })
-        });
-        Some(Box::new(Stream { core }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+    /// A new stream of this plugin. Without a configuration (Envoy does not start a filter
+    /// whose on_configure failed, but fail closed anyway) its requests get a 503.
+    pub(crate) fn new_stream(&self, context_id: u32) -> Rc<RefCell<Core>> {
+        Core::new(
+            context_id,
+            self.config.clone(),
+            Rc::clone(&self.cache),
+            Rc::clone(&self.worker),
+        )
     }
 }
 
@@ -332,12 +293,8 @@ struct Held {
     latency_us: u64,
 }
 
-/// One HTTP context of the SDK; its state is in a [`Core`] the root can reach too.
-struct Stream {
-    core: Rc<RefCell<Core>>,
-}
-
-struct Core {
+/// One stream's state, reachable from the root while the request waits.
+pub(crate) struct Core {
     me: Weak<RefCell<Core>>,
     context_id: u32,
     config: Option<Rc<Config>>,
@@ -369,91 +326,94 @@ struct Core {
 
 /// Whether the request goes on now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Flow {
+pub(crate) enum Flow {
     Continue,
     Pause,
 }
 
-impl Context for Stream {
-    fn on_done(&mut self) -> bool {
-        self.core.borrow_mut().finished = true;
-        true
+impl Core {
+    fn new(
+        context_id: u32,
+        config: Option<Rc<Config>>,
+        cache: Rc<RefCell<TokenCache>>,
+        worker: Rc<RefCell<Worker>>,
+    ) -> Rc<RefCell<Core>> {
+        Rc::new_cyclic(|me| {
+            RefCell::new(Core {
+                me: me.clone(),
+                context_id,
+                config,
+                cache,
+                worker,
+                held: None,
+                seen: None,
+                status: None,
+                body: None,
+                body_bytes: 0,
+                rate_limit_call: None,
+                introspection_call: None,
+                answer: None,
+                rate_limit: None,
+                response_headers: Vec::new(),
+                finished: false,
+                waited: Waited::default(),
+            })
+        })
     }
 
-    fn on_http_call_response(&mut self, token: u32, _headers: usize, body: usize, _: usize) {
-        self.core
-            .borrow_mut()
-            .on_introspection_answer(token, body, false);
+    /// The stream ended: nothing may act on it any more.
+    pub(crate) fn on_done(&mut self) {
+        self.finished = true;
     }
 
-    fn on_grpc_call_response(&mut self, token: u32, status_code: u32, response_size: usize) {
-        self.core
-            .borrow_mut()
-            .on_rate_limit_answer(token, status_code, response_size);
-    }
-}
-
-impl HttpContext for Stream {
-    fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
-        // The bytes variant: the SDK's String variant unwraps `from_utf8`, so one header value
-        // with obs-text (which Envoy's HTTP/1 codec accepts) would panic and kill the VM.
-        let headers: Vec<(String, String)> = self
-            .get_http_request_headers_bytes()
-            .into_iter()
-            .map(|(name, value)| (name, text(value)))
-            .collect();
-        let mut core = self.core.borrow_mut();
-        let peer = core.peer();
+    pub(crate) fn on_request_headers(&mut self, end_of_stream: bool) -> Flow {
+        // Values as bytes, made text without failing: a header value with obs-text (which
+        // Envoy's HTTP/1 codec accepts) becomes U+FFFD, which no credential contains.
+        let headers: Vec<(String, String)> = match hostcalls::get_map(Map::Request) {
+            Ok(headers) => headers
+                .into_iter()
+                .map(|(name, value)| (name, text(value)))
+                .collect(),
+            Err(_) => {
+                // Without its headers the request cannot be decided: refuse it.
+                self.refuse(&guard::host_failure().refusal, "");
+                return Flow::Pause;
+            }
+        };
+        let peer = self.peer();
         let request_id = match headers.iter().find(|(n, _)| n == "x-request-id") {
             Some((_, id)) => id.clone(),
-            None => format!("{:x}-{:x}", now_ns(), core.context_id),
+            None => format!("{:x}-{:x}", now_ns(), self.context_id),
         };
-        core.held = Some(Held {
+        self.held = Some(Held {
             headers,
             peer,
             end_of_stream,
             request_id,
             latency_us: 0,
         });
-        match core.decide(false) {
-            Flow::Continue => Action::Continue,
-            Flow::Pause => Action::Pause,
-        }
+        self.decide()
     }
 
-    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        self.core
-            .borrow_mut()
-            .on_request_body(body_size, end_of_stream)
-    }
-
-    fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
-        let mut core = self.core.borrow_mut();
-        for (name, value) in std::mem::take(&mut core.response_headers) {
-            self.add_http_response_header(name, &value);
+    pub(crate) fn on_response_headers(&mut self) {
+        for (name, value) in std::mem::take(&mut self.response_headers) {
+            let _ = hostcalls::add_map_value(Map::Response, name, &value);
         }
-        if core.status.is_none() {
-            core.status = self
-                .get_http_response_header_bytes(":status")
+        if self.status.is_none() {
+            self.status = hostcalls::get_map_value(Map::Response, ":status")
+                .ok()
+                .flatten()
                 .and_then(|s| std::str::from_utf8(&s).ok()?.parse().ok());
         }
-        Action::Continue
     }
 
-    fn on_log(&mut self) {
-        self.core.borrow().log();
-    }
-}
-
-impl Core {
-    /// The header-phase decision (again after each wait, which `self.waited` records;
-    /// `from_root` when the root runs it on the stream's behalf).
-    fn decide(&mut self, from_root: bool) -> Flow {
+    /// The header-phase decision (again after each wait, which `self.waited` records).
+    fn decide(&mut self) -> Flow {
         let Some(config) = self.config.clone() else {
-            let _ = hostcalls::send_http_response(
+            send_or_reset(
                 503,
-                vec![("content-type", "application/json")],
-                Some(br#"{"error":"not_configured","message":"the gateway filter has no valid configuration"}"#),
+                &[("content-type", "application/json")],
+                br#"{"error":"not_configured","message":"the gateway filter has no valid configuration"}"#,
             );
             self.status = Some(503);
             return Flow::Pause;
@@ -496,7 +456,7 @@ impl Core {
                     token,
                     key,
                 } => {
-                    let asked = self.introspect(&config, provider, &token, key, from_root);
+                    let asked = self.introspect(&config, provider, &token, key);
                     self.waited.introspection |= !asked;
                     asked
                 }
@@ -505,7 +465,7 @@ impl Core {
             if waiting {
                 return Flow::Pause;
             }
-            return self.decide(from_root);
+            return self.decide();
         }
         let call = match &decision.verdict {
             Verdict::Refuse(refusal) if !refusal.shadow => {
@@ -513,21 +473,17 @@ impl Core {
                 None
             }
             _ => {
-                for edit in &decision.edits {
-                    let _ = match edit {
-                        HeaderEdit::Remove(name) => {
-                            hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None)
-                        }
-                        HeaderEdit::Set(name, value) => {
-                            hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value))
-                        }
-                    };
+                if !apply_edits(&decision.edits) {
+                    // A forged identity header that could not be removed, or an identity
+                    // header that could not be set, must not reach the service.
+                    self.refuse(&guard::host_failure().refusal, &held.request_id);
+                    return Flow::Pause;
                 }
                 if config.clear_route_cache && !decision.edits.is_empty() {
                     clear_route_cache();
                 }
                 self.body = decision.body;
-                Some(self.ask_rate_limit_service(&config, &decision, &req, from_root))
+                Some(self.ask_rate_limit_service(&config, &decision, &req))
             }
         };
         publish_decision(metrics::verdict_word(&decision), decision.reason);
@@ -545,10 +501,7 @@ impl Core {
         match call {
             None | Some(Ask::Wait) => Flow::Pause,
             Some(Ask::NotNeeded) => Flow::Continue,
-            Some(Ask::Failed(stop)) => {
-                self.refuse_late(stop, false);
-                Flow::Pause
-            }
+            Some(Ask::Failed(stop)) => self.refuse_late_unless_shadowed(stop, false),
         }
     }
 
@@ -584,14 +537,7 @@ impl Core {
 
     /// Asks the provider's introspection endpoint about the token; `false` if the call could
     /// not be made (the request is then decided as if the endpoint failed).
-    fn introspect(
-        &mut self,
-        config: &Config,
-        provider: usize,
-        token: &str,
-        key: CacheKey,
-        from_root: bool,
-    ) -> bool {
+    fn introspect(&mut self, config: &Config, provider: usize, token: &str, key: CacheKey) -> bool {
         let Some((p, _, endpoint)) = introspection_of(config, provider) else {
             return false;
         };
@@ -608,12 +554,11 @@ impl Core {
             }
         }
         let (headers, body) = introspect::call(endpoint, token);
-        let sent = hostcalls::dispatch_http_call(
+        let sent = hostcalls::http_call(
             &endpoint.cluster,
-            headers,
-            Some(&body),
-            vec![],
-            Duration::from_millis(endpoint.timeout_ms),
+            &headers,
+            &body,
+            u32::try_from(endpoint.timeout_ms).unwrap_or(u32::MAX),
         );
         match sent {
             Ok(call) => {
@@ -626,14 +571,12 @@ impl Core {
                         .saturating_mul(1_000_000),
                 );
                 worker.introspecting.push((call, deadline));
-                if from_root {
-                    worker.calls.push((Callout::Http(call), self.me.clone()));
-                }
+                exports::register(Callout::Http(call), self.context_id);
                 true
             }
-            Err(status) => {
+            Err(error) => {
                 log_warn(&format!(
-                    "portcullis: provider {}: cannot call the introspection endpoint through cluster {:?}: {status:?}",
+                    "portcullis: provider {}: cannot call the introspection endpoint through cluster {:?}: {error}",
                     p.name, endpoint.cluster
                 ));
                 false
@@ -641,8 +584,9 @@ impl Core {
         }
     }
 
-    /// The introspection endpoint answered (or failed): keep the answer, decide again.
-    fn on_introspection_answer(&mut self, call: u32, body_size: usize, from_root: bool) {
+    /// The introspection endpoint answered (or failed, `headers` 0): keep the answer, decide
+    /// again.
+    pub(crate) fn on_introspection_answer(&mut self, call: u32, headers: usize, body_size: usize) {
         let Some((token, provider, key)) = self.introspection_call else {
             return;
         };
@@ -660,7 +604,7 @@ impl Core {
         let Some((p, jwt, endpoint)) = introspection_of(&config, provider) else {
             return;
         };
-        let (status, body) = http_call_response(body_size);
+        let (status, body) = http_call_response(headers, body_size);
         let now = now_ns() / 1_000_000_000;
         match introspect::read_answer(jwt, endpoint, status, &body, now) {
             Ok((answer, until)) => {
@@ -685,21 +629,36 @@ impl Core {
             Err(why) => log_warn(&format!("portcullis: provider {}: {why}", p.name)),
         }
         self.waited.introspection = true;
-        self.decide_again(from_root);
+        self.decide_again();
     }
 
     /// Decides the request again after it waited (keys changed, the wait ended, an
     /// introspection answer came), and lets it go on if it passes.
-    fn decide_again(&mut self, from_root: bool) {
+    fn decide_again(&mut self) {
         if self.finished {
             return;
         }
-        if self.decide(from_root) == Flow::Continue {
-            let _ = hostcalls::resume_http_request();
+        if self.decide() == Flow::Continue {
+            self.resume();
         }
     }
 
-    fn on_rate_limit_answer(&mut self, token: u32, status_code: u32, response_size: usize) {
+    /// Lets the paused request go on; if Envoy refuses, the request is reset rather than left
+    /// hanging.
+    fn resume(&mut self) {
+        if hostcalls::resume_request().is_err() {
+            let _ = hostcalls::close_request();
+        }
+    }
+
+    /// The rate-limit service answered (`status_code` 0 and a message of `response_size`
+    /// bytes) or the call failed (a gRPC status).
+    pub(crate) fn on_rate_limit_answer(
+        &mut self,
+        token: u32,
+        status_code: u32,
+        response_size: usize,
+    ) {
         if self.rate_limit_call != Some(token) || self.finished {
             return;
         }
@@ -712,72 +671,73 @@ impl Core {
             return;
         };
         let answer = if status_code == 0 {
-            hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, response_size)
+            hostcalls::get_buffer(Buffer::GrpcReceive, response_size)
                 .ok()
                 .flatten()
                 .and_then(|body| proto::decode_response(&body).ok())
         } else {
             None
         };
-        let Some(answer) = answer else {
-            self.rate_limit = Some("error");
-            if service.failure_mode_deny {
-                self.refuse_late(ratelimit::unavailable(), false);
-            } else {
-                let _ = hostcalls::resume_http_request();
-            }
-            return;
-        };
-        match ratelimit::verdict(&service, &answer) {
-            ratelimit::Verdict::Allowed { headers } => {
-                self.rate_limit = Some("ok");
-                self.response_headers = headers;
-                let _ = hostcalls::resume_http_request();
-            }
-            ratelimit::Verdict::OverLimit(stop) => {
-                self.rate_limit = Some("over_limit");
-                if stop.refusal.shadow {
-                    self.record_late_refusal(stop, false);
-                    let _ = hostcalls::resume_http_request();
+        let flow = match answer {
+            None => {
+                self.rate_limit = Some("error");
+                if service.failure_mode_deny {
+                    self.refuse_late_unless_shadowed(ratelimit::unavailable(&service), false)
                 } else {
-                    self.refuse_late(stop, false);
+                    Flow::Continue
                 }
             }
+            Some(answer) => match ratelimit::verdict(&service, &answer) {
+                ratelimit::Verdict::Allowed { headers } => {
+                    self.rate_limit = Some("ok");
+                    self.response_headers = headers;
+                    Flow::Continue
+                }
+                ratelimit::Verdict::OverLimit(stop) => {
+                    self.rate_limit = Some("over_limit");
+                    self.refuse_late_unless_shadowed(stop, false)
+                }
+            },
+        };
+        if flow == Flow::Continue {
+            self.resume();
         }
     }
 
-    fn on_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+    pub(crate) fn on_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Flow {
         // Envoy holds the body while the headers are paused (StopAllIteration); should a chunk
         // come anyway before the decision, it must not let the request on.
         if self.held.is_some() || self.introspection_call.is_some() {
-            return Action::Pause;
+            return Flow::Pause;
         }
         let (Some(plan), Some(config)) = (self.body, self.config.clone()) else {
-            return Action::Continue;
+            return Flow::Continue;
         };
         let size = u64::try_from(body_size).unwrap_or(u64::MAX);
         if !plan.buffer {
             // Streaming: each call carries one chunk.
             self.body_bytes = self.body_bytes.saturating_add(size);
             if self.body_bytes > plan.max_bytes {
-                self.refuse_late(guard::too_large(plan.max_bytes), true);
-                return Action::Pause;
+                return self.refuse_late_unless_shadowed(guard::too_large(plan.max_bytes), true);
             }
-            return Action::Continue;
+            return Flow::Continue;
         }
         // Buffering: after a Pause, each call carries the whole body so far.
         if size > plan.max_bytes {
-            self.refuse_late(guard::too_large(plan.max_bytes), true);
-            return Action::Pause;
+            return self.refuse_late_unless_shadowed(guard::too_large(plan.max_bytes), true);
         }
         if !end_of_stream {
-            return Action::Pause;
+            return Flow::Pause;
         }
         let started = Instant::now();
-        let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+        let body = match hostcalls::get_buffer(Buffer::RequestBody, body_size) {
+            Ok(body) => body.unwrap_or_default(),
+            Err(_) => {
+                // A body that cannot be read cannot be checked.
+                self.refuse_late(guard::host_failure(), true);
+                return Flow::Pause;
+            }
+        };
         let stop = config
             .routes
             .get(plan.route)
@@ -787,23 +747,13 @@ impl Core {
             seen.latency_us = seen.latency_us.saturating_add(elapsed);
         }
         match stop {
-            Some(stop) => {
-                let shadow =
-                    stop.refusal.shadow || config.routes.get(plan.route).is_some_and(|r| r.shadow);
-                if shadow {
-                    self.record_late_refusal(stop.shadowed(), true);
-                    Action::Continue
-                } else {
-                    self.refuse_late(stop, true);
-                    Action::Pause
-                }
-            }
-            None => Action::Continue,
+            Some(stop) => self.refuse_late_unless_shadowed(stop, true),
+            None => Flow::Continue,
         }
     }
 
     /// The audit line and the metrics of the finished request.
-    fn log(&self) {
+    pub(crate) fn on_log(&self) {
         let time = audit::rfc3339(now_ns());
         let (Some(seen), Some(config)) = (&self.seen, &self.config) else {
             // Envoy (or an earlier filter) answered before the request reached this filter,
@@ -887,11 +837,10 @@ impl Core {
                 Some(id) => *id,
                 None => {
                     let kind = match series.kind() {
-                        metrics::Kind::Counter => MetricType::Counter,
-                        metrics::Kind::Histogram => MetricType::Histogram,
+                        metrics::Kind::Counter => MetricKind::Counter,
+                        metrics::Kind::Histogram => MetricKind::Histogram,
                     };
-                    let Some(id) = raw::define_metric(kind as u32, &series.stat_name(config))
-                    else {
+                    let Ok(id) = hostcalls::define_metric(kind, &series.stat_name(config)) else {
                         continue;
                     };
                     worker.metrics.insert(series, id);
@@ -900,15 +849,15 @@ impl Core {
             };
             // A refusal by the host only loses one sample.
             let _ = match series.kind() {
-                metrics::Kind::Counter => raw::increment_metric(id, 1),
-                metrics::Kind::Histogram => raw::record_metric(id, value),
+                metrics::Kind::Counter => hostcalls::increment_metric(id, 1),
+                metrics::Kind::Histogram => hostcalls::record_metric(id, value),
             };
         }
     }
 
     /// `source.address` without its port (`1.2.3.4:5678`, `[::1]:5678`), as an address.
     fn peer(&self) -> Option<IpAddr> {
-        let raw = hostcalls::get_property(vec!["source", "address"]).ok()??;
+        let raw = hostcalls::get_property(&["source", "address"]).ok()??;
         let text = String::from_utf8(raw).ok()?;
         let (host, _) = split_host_port(&text);
         let ip = host
@@ -923,8 +872,7 @@ impl Core {
         let body = reply::body(refusal, request_id);
         let headers = reply::headers(refusal);
         let pairs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let _ =
-            hostcalls::send_http_response(u32::from(refusal.status), pairs, Some(body.as_bytes()));
+        send_or_reset(refusal.status, &pairs, body.as_bytes());
         self.status = Some(refusal.status);
     }
 
@@ -935,7 +883,6 @@ impl Core {
         config: &Config,
         decision: &Decision,
         req: &Request<'_>,
-        from_root: bool,
     ) -> Ask {
         let Some(service) = &config.rate_limit_service else {
             return Ask::NotNeeded;
@@ -945,32 +892,23 @@ impl Core {
             return Ask::NotNeeded;
         }
         let message = ratelimit::request_message(service, &descriptors);
-        let call = hostcalls::dispatch_grpc_call(
-            // A serialized GrpcService is valid UTF-8 for any cluster name under 128 bytes;
-            // the SDK takes the target as &str.
-            std::str::from_utf8(&service.grpc_service).unwrap_or(&service.cluster),
+        let call = hostcalls::grpc_call(
+            &service.grpc_service,
             ratelimit::SERVICE,
             ratelimit::METHOD,
-            Vec::new(),
-            Some(&message),
-            Duration::from_millis(service.timeout_ms),
+            &message,
+            u32::try_from(service.timeout_ms).unwrap_or(u32::MAX),
         );
         match call {
             Ok(token) => {
                 self.rate_limit_call = Some(token);
-                if from_root {
-                    // The SDK delivers the answer to the root, which hands it over.
-                    self.worker
-                        .borrow_mut()
-                        .calls
-                        .push((Callout::Grpc(token), self.me.clone()));
-                }
+                exports::register(Callout::Grpc(token), self.context_id);
                 Ask::Wait
             }
             Err(_) => {
                 self.rate_limit = Some("error");
                 if service.failure_mode_deny {
-                    Ask::Failed(ratelimit::unavailable())
+                    Ask::Failed(ratelimit::unavailable(service))
                 } else {
                     Ask::NotNeeded
                 }
@@ -978,8 +916,34 @@ impl Core {
         }
     }
 
-    /// Refuses after the header decision (the rate-limit service's answer, or the body), and
-    /// records why for the audit line; `from_body` when a check of the body refused.
+    /// A refusal after the header decision (the rate-limit service's answer or failure, or the
+    /// body; `from_body` then): enforced, or only recorded when [`guard::is_shadowed`] says so.
+    /// Either way the body is not checked again.
+    fn refuse_late_unless_shadowed(&mut self, stop: Stop, from_body: bool) -> Flow {
+        let route = self
+            .seen
+            .as_ref()
+            .and_then(|s| s.decision.route)
+            .and_then(|i| self.config.as_ref()?.routes.get(i));
+        if guard::is_shadowed(&stop.refusal, route) {
+            self.body = None;
+            // The first refusal a shadowed request met is the one recorded, as in the header
+            // phase.
+            if self
+                .seen
+                .as_ref()
+                .is_some_and(|s| s.decision.verdict == Verdict::Allow)
+            {
+                self.record_late_refusal(stop.shadowed(), from_body);
+            }
+            Flow::Continue
+        } else {
+            self.refuse_late(stop, from_body);
+            Flow::Pause
+        }
+    }
+
+    /// Refuses after the header decision, and records why for the audit line.
     fn refuse_late(&mut self, stop: Stop, from_body: bool) {
         self.body = None;
         let request_id = self
@@ -1016,17 +980,18 @@ struct HostStore;
 
 impl SharedStore for HostStore {
     fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
-        match proxy_wasm::hostcalls::get_shared_data(key) {
-            Ok((Some(value), Some(cas))) => Some((value, cas)),
+        match hostcalls::get_shared_data(key) {
+            // An empty value is how an entry is removed (ABI 0.2.1 has no delete).
+            Ok(Some((value, cas))) if !value.is_empty() => Some((value, cas)),
             _ => None,
         }
     }
 
     fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
-        match proxy_wasm::hostcalls::set_shared_data(key, Some(value), cas) {
+        match hostcalls::set_shared_data(key, value, cas) {
             Ok(()) => Ok(()),
-            Err(Status::CasMismatch) => Err(StoreError::CasMismatch),
-            Err(_) => Err(StoreError::Refused),
+            Err(SetShared::CasMismatch) => Err(StoreError::CasMismatch),
+            Err(SetShared::Failed(_)) => Err(StoreError::Refused),
         }
     }
 }
@@ -1036,14 +1001,39 @@ fn text(value: Vec<u8>) -> String {
     String::from_utf8(value).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
+/// Applies the decision's header edits; `false` if Envoy refused one.
+fn apply_edits(edits: &[HeaderEdit]) -> bool {
+    edits.iter().all(|edit| {
+        match edit {
+            HeaderEdit::Remove(name) => hostcalls::set_map_value(Map::Request, name, None),
+            HeaderEdit::Set(name, value) => {
+                hostcalls::set_map_value(Map::Request, name, Some(value))
+            }
+        }
+        .is_ok()
+    })
+}
+
+/// Sends a local reply; if Envoy refuses it, resets the request, so that a refusal never turns
+/// into a request left paused until the client gives up.
+fn send_or_reset(status: u16, headers: &[(&str, &str)], body: &[u8]) {
+    if hostcalls::send_local_response(status, headers, body).is_err() {
+        let _ = hostcalls::close_request();
+    }
+}
+
 /// The answer to an HTTP callout, inside its callback: the status (`None` when the call
-/// failed without one) and up to `body_size` bytes of body.
-fn http_call_response(body_size: usize) -> (Option<u16>, Vec<u8>) {
-    let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
+/// failed without an answer: `headers` is then 0, and Envoy has no answer map to read) and up
+/// to `body_size` bytes of body.
+fn http_call_response(headers: usize, body_size: usize) -> (Option<u16>, Vec<u8>) {
+    if headers == 0 {
+        return (None, Vec::new());
+    }
+    let status = hostcalls::get_map_value(Map::HttpCallResponse, ":status")
         .ok()
         .flatten()
         .and_then(|s| std::str::from_utf8(&s).ok()?.parse().ok());
-    let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+    let body = hostcalls::get_buffer(Buffer::HttpCallResponseBody, body_size)
         .ok()
         .flatten()
         .unwrap_or_default();
@@ -1062,91 +1052,34 @@ fn introspection_of(
     }
 }
 
-/// Now, from the host's clock, in nanoseconds since the Unix epoch.
 /// Leaves the decision in Envoy's filter state (`wasm.portcullis.decision`,
 /// `wasm.portcullis.reason`), where an access log reads it with
 /// `%FILTER_STATE(wasm.portcullis.decision:PLAIN)%`. A refusal by the host only loses the field.
 fn publish_decision(verdict: &str, reason: &str) {
-    raw::set_property(b"portcullis.decision", verdict.as_bytes());
-    raw::set_property(b"portcullis.reason", reason.as_bytes());
-}
-
-/// The host calls whose SDK wrappers panic on a status they do not expect (proxy-wasm 0.2.5
-/// `hostcalls::set_property`, `define_metric`, `record_metric`): a panic would kill the VM for
-/// every request of the worker, so these take the status as a number and never panic.
-mod raw {
-    #[link(wasm_import_module = "env")]
-    unsafe extern "C" {
-        fn proxy_set_property(
-            path_data: *const u8,
-            path_size: usize,
-            value_data: *const u8,
-            value_size: usize,
-        ) -> u32;
-        fn proxy_define_metric(
-            metric_type: u32,
-            name_data: *const u8,
-            name_size: usize,
-            return_id: *mut u32,
-        ) -> u32;
-        fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
-        fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
-    }
-
-    /// Status `Ok` of the ABI.
-    const OK: u32 = 0;
-
-    /// Sets a property whose path is one segment (so its serialised form is the name itself).
-    pub fn set_property(name: &[u8], value: &[u8]) -> bool {
-        // SAFETY: both slices are valid for their lengths for the duration of the call; the
-        // host only reads them.
-        unsafe { proxy_set_property(name.as_ptr(), name.len(), value.as_ptr(), value.len()) == OK }
-    }
-
-    /// Defines a metric (0 counter, 1 gauge, 2 histogram); its id, if the host agreed.
-    pub fn define_metric(metric_type: u32, name: &str) -> Option<u32> {
-        let mut id = 0u32;
-        // SAFETY: `name` is valid for its length and `id` is a valid, writable u32.
-        let status =
-            unsafe { proxy_define_metric(metric_type, name.as_ptr(), name.len(), &mut id) };
-        (status == OK).then_some(id)
-    }
-
-    /// Adds to a counter.
-    pub fn increment_metric(id: u32, offset: i64) -> bool {
-        // SAFETY: plain values.
-        unsafe { proxy_increment_metric(id, offset) == OK }
-    }
-
-    /// Records a histogram sample.
-    pub fn record_metric(id: u32, value: u64) -> bool {
-        // SAFETY: plain values.
-        unsafe { proxy_record_metric(id, value) == OK }
-    }
+    let _ = hostcalls::set_property("portcullis.decision", verdict.as_bytes());
+    let _ = hostcalls::set_property("portcullis.reason", reason.as_bytes());
 }
 
 /// Makes Envoy pick the route again from the edited headers (routing by identity). Envoy does
 /// so by itself after header edits of filters of ABI 0.2.1 (this one) but, since 1.33, not for
 /// newer ABIs; older Envoy has no such function (NotFound, ignored).
 fn clear_route_cache() {
-    let _ = hostcalls::call_foreign_function("clear_route_cache", None);
+    let _ = hostcalls::call_foreign_function("clear_route_cache");
 }
 
+/// Now, from the host's clock, in nanoseconds since the Unix epoch.
 fn now_ns() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+    hostcalls::now_ns()
 }
 
 fn log_info(msg: &str) {
-    let _ = proxy_wasm::hostcalls::log(LogLevel::Info, msg);
+    hostcalls::log(Level::Info, msg);
 }
 
 fn log_warn(msg: &str) {
-    let _ = proxy_wasm::hostcalls::log(LogLevel::Warn, msg);
+    hostcalls::log(Level::Warn, msg);
 }
 
 fn log_error(msg: &str) {
-    let _ = proxy_wasm::hostcalls::log(LogLevel::Error, msg);
+    hostcalls::log(Level::Error, msg);
 }
