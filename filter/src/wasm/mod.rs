@@ -176,7 +176,8 @@ impl Root {
             return;
         }
         let now = now_ns();
-        let (status, bytes) = http_call_response(headers, body_size);
+        let (status, bytes) =
+            http_call_response(headers, body_size, crate::jwks::MAX_DOCUMENT_BYTES);
         let answer = self
             .worker
             .borrow_mut()
@@ -604,7 +605,7 @@ impl Core {
         let Some((p, jwt, endpoint)) = introspection_of(&config, provider) else {
             return;
         };
-        let (status, body) = http_call_response(headers, body_size);
+        let (status, body) = http_call_response(headers, body_size, introspect::MAX_ANSWER_BYTES);
         let now = now_ns() / 1_000_000_000;
         match introspect::read_answer(jwt, endpoint, status, &body, now) {
             Ok((answer, until)) => {
@@ -1023,9 +1024,10 @@ fn send_or_reset(status: u16, headers: &[(&str, &str)], body: &[u8]) {
 }
 
 /// The answer to an HTTP callout, inside its callback: the status (`None` when the call
-/// failed without an answer: `headers` is then 0, and Envoy has no answer map to read) and up
-/// to `body_size` bytes of body.
-fn http_call_response(headers: usize, body_size: usize) -> (Option<u16>, Vec<u8>) {
+/// failed without an answer: `headers` is then 0, and Envoy has no answer map to read) and the
+/// body, of which at most `max + 1` bytes are copied into the VM (Envoy buffers the whole
+/// answer, however large; one byte past the limit is enough for the reader to refuse it).
+fn http_call_response(headers: usize, body_size: usize, max: usize) -> (Option<u16>, Vec<u8>) {
     if headers == 0 {
         return (None, Vec::new());
     }
@@ -1033,7 +1035,7 @@ fn http_call_response(headers: usize, body_size: usize) -> (Option<u16>, Vec<u8>
         .ok()
         .flatten()
         .and_then(|s| std::str::from_utf8(&s).ok()?.parse().ok());
-    let body = hostcalls::get_buffer(Buffer::HttpCallResponseBody, body_size)
+    let body = hostcalls::get_buffer(Buffer::HttpCallResponseBody, body_size.min(max + 1))
         .ok()
         .flatten()
         .unwrap_or_default();
