@@ -7,18 +7,22 @@ Each file is parsed as YAML, then with protobuf's JSON parser into
 unknown enum value fails. Every `typed_config` (`google.protobuf.Any`) is resolved to its
 message type and checked the same way. Then the protoc-gen-validate rules Envoy declares on
 the fields (`required`, `min_len`, `gt`, `min_items`, enum `defined_only`, required oneofs, …)
-are enforced, and deprecated fields are reported. Exit status 1 on any error.
+are enforced, and deprecated fields are reported. Last, every HTTP connection manager that runs
+the Portcullis filter must set `use_remote_address: true`: under Envoy's default (false) the
+client address the filter sees is the last `X-Forwarded-For` entry, which any client writes
+(docs/configuration.md, "Client address"). Exit status 1 on any error.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import pkgutil
 import sys
 from pathlib import Path
 
 import yaml
-from google.protobuf import json_format, symbol_database
+from google.protobuf import any_pb2, json_format, symbol_database
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
@@ -28,6 +32,10 @@ from validate import validate_pb2  # noqa: F401  (registers the validate.rules o
 import envoy.config.bootstrap.v3.bootstrap_pb2 as bootstrap_pb2
 
 _loaded_packages: set[str] = set()
+
+HCM_TYPE = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+WASM_TYPE = "envoy.extensions.filters.http.wasm.v3.Wasm"
+TYPED_STRUCTS = {"udpa.type.v1.TypedStruct", "xds.type.v3.TypedStruct"}
 
 WRAPPERS = {
     f"google.protobuf.{name}Value"
@@ -195,6 +203,114 @@ def check_scalar(kind, r, v, path, errors, present) -> None:
             errors.append(f"{path}: must be one of {list(r.__getattribute__('in'))}")
 
 
+def type_name(type_url: str) -> str:
+    return type_url.rsplit("/", 1)[-1]
+
+
+def unpack(any_msg: any_pb2.Any) -> Message | None:
+    """The message an `Any` carries (through a `TypedStruct` too), or None if its type is
+    unknown (check_rules reports that)."""
+    name = type_name(any_msg.type_url)
+    try:
+        cls = symbol_database.Default().GetSymbol(name)
+    except KeyError:
+        return None
+    msg = cls()
+    any_msg.Unpack(msg)
+    if name in TYPED_STRUCTS:
+        load_type(msg.type_url)
+        try:
+            inner = symbol_database.Default().GetSymbol(type_name(msg.type_url))()
+            json_format.ParseDict(json_format.MessageToDict(msg.value), inner)
+        except (KeyError, json_format.ParseError):
+            return None
+        return inner
+    return msg
+
+
+def portcullis_plugin(http_filter: Message) -> tuple[bool, Message | None]:
+    """Whether an HTTP filter is (or may be) the Portcullis Wasm filter, and its
+    `PluginConfig` when it can be seen: a Wasm filter whose code is a `*portcullis*` file or URI,
+    or whose filter, plugin, root or VM names it; and any Wasm filter whose configuration comes
+    from discovery (its code cannot be seen here)."""
+    if http_filter.HasField("config_discovery"):
+        discovered = any(type_name(u) == WASM_TYPE for u in http_filter.config_discovery.type_urls)
+        return discovered, None
+    if not http_filter.HasField("typed_config"):
+        return False, None
+    wasm = unpack(http_filter.typed_config)
+    if wasm is None or wasm.DESCRIPTOR.full_name != WASM_TYPE:
+        return False, None
+    plugin = wasm.config
+    code = plugin.vm_config.code
+    names = [http_filter.name, plugin.name, plugin.root_id, plugin.vm_config.vm_id]
+    if code.HasField("local"):
+        names.append(code.local.filename)
+    if code.HasField("remote"):
+        names.append(code.remote.http_uri.uri)
+    return any("portcullis" in n.lower() for n in names), plugin
+
+
+def trusts_envoy_xff(plugin: Message | None) -> bool:
+    """Whether the filter's configuration (JSON in a StringValue) sets
+    `client_ip.trust_envoy_xff: true`."""
+    if plugin is None or not plugin.HasField("configuration"):
+        return False
+    value = unpack(plugin.configuration)
+    if value is None or value.DESCRIPTOR.full_name != "google.protobuf.StringValue":
+        return False
+    try:
+        config = json.loads(value.value)
+    except ValueError:
+        return False
+    client_ip = config.get("client_ip") if isinstance(config, dict) else None
+    return isinstance(client_ip, dict) and client_ip.get("trust_envoy_xff") is True
+
+
+def check_client_address(bootstrap: Message) -> list[str]:
+    """Refuses a listener whose HTTP connection manager runs the Portcullis filter without
+    `use_remote_address: true`. The one alternative: `original_ip_detection_extensions` (which
+    Envoy refuses next to `use_remote_address`) with the filter's `trust_envoy_xff: true`, the
+    operator's word that the extensions' header comes from a proxy of theirs."""
+    errors = []
+    for i, listener in enumerate(bootstrap.static_resources.listeners):
+        chains = [(f"filter_chains[{j}]", c) for j, c in enumerate(listener.filter_chains)]
+        if listener.HasField("default_filter_chain"):
+            chains.append(("default_filter_chain", listener.default_filter_chain))
+        for chain_path, chain in chains:
+            for k, network_filter in enumerate(chain.filters):
+                if type_name(network_filter.typed_config.type_url) != HCM_TYPE:
+                    continue
+                hcm = unpack(network_filter.typed_config)
+                if hcm is None or hcm.use_remote_address.value:
+                    continue
+                where = f"static_resources.listeners[{i}].{chain_path}.filters[{k}].typed_config"
+                for h, http_filter in enumerate(hcm.http_filters):
+                    found, plugin = portcullis_plugin(http_filter)
+                    if not found:
+                        continue
+                    if hcm.original_ip_detection_extensions and trusts_envoy_xff(plugin):
+                        continue
+                    if hcm.original_ip_detection_extensions:
+                        why = (
+                            "sets original_ip_detection_extensions but the filter's configuration "
+                            "does not say client_ip.trust_envoy_xff: true (is the header the "
+                            "extensions read written by a proxy of yours?)"
+                        )
+                    else:
+                        why = (
+                            "does not set use_remote_address: true: Envoy would take the client "
+                            "address from the last X-Forwarded-For entry, which any client writes"
+                        )
+                    errors.append(
+                        f"{where}: listener {listener.name!r} runs the Portcullis filter "
+                        f"(http_filters[{h}]) but its HTTP connection manager {why} "
+                        "(docs/configuration.md, \"Client address\")"
+                    )
+                    break
+    return errors
+
+
 def check_file(path: Path) -> list[str]:
     document = yaml.safe_load(path.read_text())
     preload(document)
@@ -206,6 +322,7 @@ def check_file(path: Path) -> list[str]:
     errors: list[str] = []
     warnings: list[str] = []
     check_rules(message, "", errors, warnings)
+    errors.extend(check_client_address(message))
     for w in warnings:
         print(f"{path}: warning: {w}")
     return [f"{path}: {e}" for e in errors]

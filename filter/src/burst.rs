@@ -49,6 +49,11 @@ pub struct BucketSpec {
     pub capacity_milli: u64,
     /// Whether the bucket is per client and route rather than per client.
     pub per_route: bool,
+    /// Leading bits of an IPv4 address that make one client (32: each address).
+    pub ipv4_prefix: u8,
+    /// Leading bits of an IPv6 address that make one client (64: each /64, the smallest
+    /// network a site is given, so one holder cannot spread over 2^64 buckets).
+    pub ipv6_prefix: u8,
     /// Record refusals without refusing.
     pub shadow: bool,
 }
@@ -102,6 +107,7 @@ pub fn take(
     route: usize,
     now_ns: u64,
 ) -> Outcome {
+    let client = client_network(client, spec.ipv4_prefix, spec.ipv6_prefix);
     let fingerprint = fingerprint(client, spec.per_route.then_some(route));
     let Some(key) = slot_index(fingerprint, slots.len()).and_then(|i| slots.keys.get(i)) else {
         return Outcome::Unavailable;
@@ -197,6 +203,29 @@ fn retry_after(milli_tokens: u64, rate_milli: u64) -> u64 {
 
 /// A non-zero 64-bit fingerprint of the client (and route). The std hasher with its fixed keys
 /// gives the same value in every worker VM of one build, which is all the slots need.
+/// The network a client's bucket belongs to: its address with the bits past the prefix cleared
+/// (an IPv4-mapped IPv6 address counts as IPv4).
+pub fn client_network(client: IpAddr, ipv4_prefix: u8, ipv6_prefix: u8) -> IpAddr {
+    let client = match client {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(client, IpAddr::V4),
+        v4 => v4,
+    };
+    match client {
+        IpAddr::V4(v4) => {
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(ipv4_prefix.min(32)))
+                .unwrap_or(0);
+            IpAddr::V4((u32::from(v4) & mask).into())
+        }
+        IpAddr::V6(v6) => {
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(ipv6_prefix.min(128)))
+                .unwrap_or(0);
+            IpAddr::V6((u128::from(v6) & mask).into())
+        }
+    }
+}
+
 fn fingerprint(client: IpAddr, route: Option<usize>) -> u64 {
     let mut h = std::hash::DefaultHasher::new();
     client.hash(&mut h);
@@ -288,6 +317,8 @@ mod tests {
             rate_milli: rate * MILLI,
             capacity_milli: burst * MILLI,
             per_route: false,
+            ipv4_prefix: 32,
+            ipv6_prefix: 64,
             shadow: false,
         }
     }
@@ -330,9 +361,7 @@ mod tests {
         let slots = Slots::new("b.", 16);
         let s = BucketSpec {
             rate_milli: 100, // one request per 10 s
-            capacity_milli: MILLI,
-            per_route: false,
-            shadow: false,
+            ..spec(0, 1)
         };
         assert_eq!(take(&store, &slots, &s, ip(1), 0, SEC), Outcome::Allowed);
         assert_eq!(
@@ -341,6 +370,69 @@ mod tests {
                 retry_after_seconds: 10
             }
         );
+    }
+
+    #[test]
+    fn one_ipv6_network_is_one_client() {
+        let store = MemoryStore::default();
+        let slots = Slots::new("b.", 1024);
+        let s = spec(1, 2);
+        let v6 = |s: &str| -> IpAddr { s.parse().unwrap_or(IpAddr::V4(0.into())) };
+        // Addresses of one /64 share a bucket...
+        assert_eq!(
+            take(&store, &slots, &s, v6("2001:db8:1:2::1"), 0, SEC),
+            Outcome::Allowed
+        );
+        assert_eq!(
+            take(&store, &slots, &s, v6("2001:db8:1:2:ffff::9"), 0, SEC),
+            Outcome::Allowed
+        );
+        assert!(matches!(
+            take(&store, &slots, &s, v6("2001:db8:1:2:dead:beef:0:1"), 0, SEC),
+            Outcome::Limited { .. }
+        ));
+        // ...another /64 has its own.
+        assert_eq!(
+            take(&store, &slots, &s, v6("2001:db8:1:3::1"), 0, SEC),
+            Outcome::Allowed
+        );
+        // Per address when asked (prefix 128), and IPv4 networks when asked.
+        let each = BucketSpec {
+            ipv6_prefix: 128,
+            ipv4_prefix: 24,
+            ..spec(1, 1)
+        };
+        assert_eq!(
+            take(&store, &slots, &each, v6("2001:db8:9::1"), 0, SEC),
+            Outcome::Allowed
+        );
+        assert_eq!(
+            take(&store, &slots, &each, v6("2001:db8:9::2"), 0, SEC),
+            Outcome::Allowed
+        );
+        assert_eq!(
+            take(&store, &slots, &each, ip(0x0a00_0001), 0, SEC),
+            Outcome::Allowed
+        );
+        assert!(matches!(
+            take(&store, &slots, &each, ip(0x0a00_00fe), 0, SEC),
+            Outcome::Limited { .. }
+        ));
+    }
+
+    #[test]
+    fn networks_are_masked_and_mapped_addresses_count_as_ipv4() {
+        let net = |s: &str, v4: u8, v6: u8| {
+            client_network(s.parse().unwrap_or(IpAddr::V4(0.into())), v4, v6).to_string()
+        };
+        assert_eq!(net("2001:db8:1:2:3:4:5:6", 32, 64), "2001:db8:1:2::");
+        assert_eq!(net("2001:db8:1:2:3:4:5:6", 32, 48), "2001:db8:1::");
+        assert_eq!(net("2001:db8:1:2:3:4:5:6", 32, 128), "2001:db8:1:2:3:4:5:6");
+        assert_eq!(net("2001:db8::1", 32, 0), "::");
+        assert_eq!(net("192.0.2.77", 32, 64), "192.0.2.77");
+        assert_eq!(net("192.0.2.77", 24, 64), "192.0.2.0");
+        assert_eq!(net("::ffff:192.0.2.77", 32, 64), "192.0.2.77");
+        assert_eq!(net("192.0.2.77", 0, 64), "0.0.0.0");
     }
 
     #[test]

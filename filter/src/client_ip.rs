@@ -21,14 +21,15 @@ pub enum Origin {
     ForwardedFor,
 }
 
-/// The client address for a request, or `None` when the peer is unknown and no trusted XFF entry
-/// exists.
+/// The client address for a request, or `None` when the peer is unknown. An unknown peer
+/// means Envoy did not append it to `X-Forwarded-For` either (or took it from that header,
+/// under `use_remote_address: false`), so no entry of the header can be trusted then.
 pub fn client_ip<'a>(
     peer: Option<IpAddr>,
     forwarded_for: impl DoubleEndedIterator<Item = &'a str>,
     trusted_hops: u32,
 ) -> Option<(IpAddr, Origin)> {
-    let peer = peer.map(|p| (canonical(p), Origin::Peer));
+    let peer = Some((canonical(peer?), Origin::Peer));
     if trusted_hops == 0 {
         return peer;
     }
@@ -59,9 +60,67 @@ fn parse_entry(entry: &str) -> Option<IpAddr> {
     entry.trim_matches([' ', '\t']).parse().ok()
 }
 
+/// What Envoy's `source.address` (`ip:port`, `[v6]:port`) says about the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceAddress {
+    /// The connection's own peer (a real port).
+    Connection(IpAddr),
+    /// An address Envoy took from `X-Forwarded-For`: it has port 0. Under the connection
+    /// manager's default `use_remote_address: false` that is the header's last entry, which
+    /// any client writes, so it is trusted only when the configuration says so.
+    Forwarded(IpAddr),
+    /// Not an IP address (a pipe, an internal listener) or not there.
+    Unknown,
+}
+
+/// Reads `source.address`.
+pub fn source_address(text: &str) -> SourceAddress {
+    let (host, port) = crate::request::split_host_port(text);
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let Ok(ip) = host.parse::<IpAddr>() else {
+        return SourceAddress::Unknown;
+    };
+    match port.map(str::parse::<u16>) {
+        Some(Ok(0)) | None => SourceAddress::Forwarded(ip),
+        Some(Ok(_)) => SourceAddress::Connection(ip),
+        Some(Err(_)) => SourceAddress::Unknown,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_address_envoy_took_from_x_forwarded_for_has_port_zero() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            source_address("127.0.0.1:53122"),
+            SourceAddress::Connection(ip("127.0.0.1"))
+        );
+        assert_eq!(
+            source_address("[::1]:443"),
+            SourceAddress::Connection(ip("::1"))
+        );
+        assert_eq!(
+            source_address("10.9.9.9:0"),
+            SourceAddress::Forwarded(ip("10.9.9.9"))
+        );
+        assert_eq!(
+            source_address("[2001:db8::1]:0"),
+            SourceAddress::Forwarded(ip("2001:db8::1"))
+        );
+        assert_eq!(
+            source_address("10.9.9.9"),
+            SourceAddress::Forwarded(ip("10.9.9.9"))
+        );
+        assert_eq!(source_address("/run/envoy.sock"), SourceAddress::Unknown);
+        assert_eq!(source_address(""), SourceAddress::Unknown);
+        assert_eq!(source_address("10.0.0.1:port"), SourceAddress::Unknown);
+    }
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
@@ -128,8 +187,15 @@ mod tests {
             Some(ip("1.2.3.4"))
         );
         assert_eq!(
-            client_ip(None, [" 2001:db8::1 , ::1"].into_iter(), 1).map(|c| c.0),
+            client_ip(Some(ip("::1")), [" 2001:db8::1 , ::1"].into_iter(), 1).map(|c| c.0),
             Some(ip("2001:db8::1"))
         );
+    }
+
+    #[test]
+    fn without_a_known_peer_no_forwarded_entry_is_trusted() {
+        // Envoy appends the peer only when it knows it (use_remote_address: true); without
+        // it, every entry of the header may be the client's own.
+        assert_eq!(client_ip(None, ["10.9.9.9, 10.0.0.1"].into_iter(), 1), None);
     }
 }

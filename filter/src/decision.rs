@@ -245,6 +245,9 @@ pub fn decide(config: &Config, env: &mut Env<'_>, req: &Request<'_>) -> Decision
     if let Some(stop) = guard::request_limits(&config.limits, req) {
         return refused(stop, edits);
     }
+    if let Some(stop) = guard::authority(req) {
+        return refused(stop, edits);
+    }
     let normalized = match path::normalize(req.path(), &config.path_normalization.options) {
         Ok(n) => n,
         Err(e) => {
@@ -380,7 +383,7 @@ fn authenticate_and_authorize(
             decision.reason = "invalid_token";
             decision.rule = provider_name(config, provider);
             decision.wait = Some(wait);
-            strip_credentials(config, route, req, &mut edits);
+            strip_credentials(config, route, req, None, &mut edits);
             decision.edits = edits;
             return decision;
         }
@@ -390,12 +393,15 @@ fn authenticate_and_authorize(
             decision.verdict = Verdict::Refuse(stop.refusal);
             decision.reason = stop.reason;
             decision.rule = provider_name(config, provider);
-            strip_credentials(config, route, req, &mut edits);
+            strip_credentials(config, route, req, None, &mut edits);
             decision.edits = edits;
             return decision;
         }
         AuthOutcome::Missing if route.allow_missing => {
             decision.reason = "anonymous";
+            // Whatever sits where a credential would (an unrecognised scheme, an empty token)
+            // was not verified: the service must not act on it.
+            strip_credentials(config, route, req, None, &mut edits);
             decision.edits = edits;
             return decision;
         }
@@ -410,7 +416,7 @@ fn authenticate_and_authorize(
                 shadow,
             });
             decision.reason = "missing_credentials";
-            strip_credentials(config, route, req, &mut edits);
+            strip_credentials(config, route, req, None, &mut edits);
             decision.edits = edits;
             return decision;
         }
@@ -431,7 +437,7 @@ fn authenticate_and_authorize(
             });
             decision.reason = "invalid_request";
             decision.rule = provider_name(config, provider);
-            strip_credentials(config, route, req, &mut edits);
+            strip_credentials(config, route, req, None, &mut edits);
             decision.edits = edits;
             return decision;
         }
@@ -452,18 +458,20 @@ fn authenticate_and_authorize(
             });
             decision.reason = error;
             decision.rule = chosen.and_then(|f| provider_name(config, f.provider));
-            strip_credentials(config, route, req, &mut edits);
+            strip_credentials(config, route, req, None, &mut edits);
             decision.edits = edits;
             return decision;
         }
     };
 
     decision.rule = provider_name(config, identity.provider);
-    if let Some(found) = &found {
-        let mut removal = CredentialRemoval::default();
-        removal.add(found.source);
-        removal.apply(req, &mut edits);
-    }
+    strip_credentials(
+        config,
+        route,
+        req,
+        found.forward.then_some(found.source),
+        &mut edits,
+    );
     if let Some(refusal) = authorize(config, route, &identity, &mut decision) {
         decision.verdict = Verdict::Refuse(Refusal { shadow, ..refusal });
         decision.identity = Some(identity);
@@ -594,6 +602,8 @@ fn introspection_unavailable(config: &Config, provider: usize) -> Stop {
 #[derive(Debug)]
 struct Found<'c> {
     source: &'c TokenSource,
+    /// The provider forwards it (`forward: true`): the one source left in the request.
+    forward: bool,
 }
 
 struct Failure {
@@ -605,7 +615,7 @@ struct Failure {
 enum AuthOutcome<'c> {
     Verified {
         identity: Identity,
-        found: Option<Found<'c>>,
+        found: Found<'c>,
     },
     Missing,
     /// A provider found more than one credential.
@@ -707,7 +717,7 @@ fn authenticate_route<'c>(
                         provider: index,
                         credential,
                     },
-                    found: (!forward).then_some(Found { source }),
+                    found: Found { source, forward },
                 };
             }
             Err(error) => failures.push(Failure {
@@ -745,30 +755,79 @@ fn extract<'c>(req: &Request<'_>, sources: &'c [TokenSource]) -> Extracted<'c> {
             first.get_or_insert((value, source));
         }
     };
+    let mut ambiguous = false;
     for source in sources {
         match source {
-            TokenSource::Header { name, prefix } => {
-                for v in req.headers_named(name) {
-                    let matches = v
-                        .get(..prefix.len())
-                        .is_some_and(|head| head.eq_ignore_ascii_case(prefix));
-                    if matches {
-                        let token = v.get(prefix.len()..).unwrap_or("").trim();
+            TokenSource::Header { name, prefix } => match scheme_of(prefix) {
+                Some(scheme) => {
+                    // `Bearer <token>` as RFC 7235 spells it: the scheme in any case, then any
+                    // whitespace. Envoy joins repeated headers with commas, and a credential
+                    // list is comma-separated too: a scheme credential beside anything else in
+                    // the same header is ambiguous (which one would the service use?).
+                    let mut parts = 0usize;
+                    let mut tokens = Vec::new();
+                    for part in req
+                        .headers_named(name)
+                        .flat_map(|v| v.split(','))
+                        .map(|p| p.trim_matches([' ', '\t']))
+                        .filter(|p| !p.is_empty())
+                    {
+                        parts += 1;
+                        if let Some(token) = scheme_token(part, scheme) {
+                            tokens.push(token);
+                        }
+                    }
+                    if !tokens.is_empty() && parts > 1 {
+                        ambiguous = true;
+                    }
+                    for token in tokens {
                         found(Some(token.to_owned()), source);
                     }
                 }
-            }
+                None => {
+                    for v in req.headers_named(name) {
+                        let matches = v
+                            .get(..prefix.len())
+                            .is_some_and(|head| head.eq_ignore_ascii_case(prefix));
+                        if matches {
+                            let token = v.get(prefix.len()..).unwrap_or("").trim();
+                            found(Some(token.to_owned()), source);
+                        }
+                    }
+                }
+            },
             TokenSource::Param(name) => req.query_values(name).for_each(|v| found(v, source)),
             TokenSource::Cookie(name) => req
                 .cookie_values(name)
                 .for_each(|v| found(Some(v.to_owned()), source)),
         }
     }
+    if ambiguous {
+        return Extracted::Several;
+    }
     match (count, first) {
         (1, Some((value, source))) => Extracted::One(value, source),
         (0, _) | (_, None) => Extracted::Nothing,
         _ => Extracted::Several,
     }
+}
+
+/// The authentication scheme of a header prefix written as Envoy's `value_prefix: "Bearer "`
+/// (a word, then whitespace); `None` for any other prefix, which is matched as written.
+fn scheme_of(prefix: &str) -> Option<&str> {
+    let scheme = prefix.trim_end_matches([' ', '\t']);
+    (!scheme.is_empty()
+        && scheme.len() < prefix.len()
+        && scheme.bytes().all(|b| b.is_ascii_graphic()))
+    .then_some(scheme)
+}
+
+/// The token of one credential `part` if it is `scheme` (any case) followed by whitespace.
+fn scheme_token<'v>(part: &'v str, scheme: &str) -> Option<&'v str> {
+    let head = part.get(..scheme.len())?;
+    let rest = part.get(scheme.len()..)?;
+    (head.eq_ignore_ascii_case(scheme) && rest.starts_with([' ', '\t']))
+        .then(|| rest.trim_matches([' ', '\t']))
 }
 
 /// Among several providers' failures, the one that tells the client most: an error found
@@ -893,15 +952,24 @@ fn quote_safe(s: &str) -> String {
         .collect()
 }
 
-/// Removes, from every request, whatever a client sent under the names of identity headers, so
-/// that only the filter can set them.
+/// Removes, from every request, whatever a client sent under the names of identity headers —
+/// or under a spelling a CGI-style service reads as the same name (`x_portcullis_subject`) —
+/// so that only the filter can set them.
 fn strip_protected(config: &Config, req: &Request<'_>) -> Vec<HeaderEdit> {
-    config
+    let mut edits: Vec<HeaderEdit> = config
         .protected_headers
         .iter()
         .filter(|name| req.header(name).is_some())
         .map(|name| HeaderEdit::Remove(name.clone()))
-        .collect()
+        .collect();
+    if req.headers.iter().any(|(n, _)| n.contains('_')) {
+        for name in &config.protected_headers {
+            for twin in underscore_twins(req, name) {
+                edits.push(HeaderEdit::Remove(twin.to_owned()));
+            }
+        }
+    }
+    edits
 }
 
 fn identity_edits(config: &Config, identity: &Identity, edits: &mut Vec<HeaderEdit>) {
@@ -962,9 +1030,16 @@ impl<'c> CredentialRemoval<'c> {
         }
     }
 
-    fn apply(self, req: &Request<'_>, edits: &mut Vec<HeaderEdit>) {
+    fn apply(mut self, req: &Request<'_>, edits: &mut Vec<HeaderEdit>) {
+        self.headers.sort_unstable();
+        self.headers.dedup();
         for name in self.headers {
-            edits.push(HeaderEdit::Remove(name.to_owned()));
+            if !edits
+                .iter()
+                .any(|e| matches!(e, HeaderEdit::Remove(n) if n == name))
+            {
+                edits.push(HeaderEdit::Remove(name.to_owned()));
+            }
         }
         if !self.params.is_empty() {
             let original = req.path_and_query();
@@ -990,28 +1065,43 @@ impl<'c> CredentialRemoval<'c> {
     }
 }
 
-/// On a refused request that passes anyway (shadow mode), removes every credential that the
-/// route's `forward: false` providers would have taken: it was not verified, and the services
-/// were configured never to receive it.
-fn strip_credentials(
-    config: &Config,
+/// Removes every credential source of every provider the route names (enforcing or shadow)
+/// that the request fills, except `kept`: the verified credential of a provider with
+/// `forward: true`. So a service never receives a credential the filter did not verify — a
+/// forged token beside a valid API key, a token in a spelling the filter did not read — and,
+/// with `forward: false`, not even the verified one. Header sources go in every spelling a
+/// CGI-style service would read as the same name (`x_api_key` for `x-api-key`).
+fn strip_credentials<'c>(
+    config: &'c Config,
     route: &Route,
-    req: &Request<'_>,
+    req: &Request<'c>,
+    kept: Option<&TokenSource>,
     edits: &mut Vec<HeaderEdit>,
 ) {
+    let kept_header = match kept {
+        Some(TokenSource::Header { name, .. }) => Some(name.as_str()),
+        _ => None,
+    };
     let mut removal = CredentialRemoval::default();
     for provider in route
-        .deciding
+        .requires
         .iter()
         .filter_map(|&i| config.providers.get(i))
     {
-        let (sources, forward) = provider.sources();
-        if forward {
-            continue;
-        }
-        for source in sources {
+        for source in provider.sources().0 {
+            if Some(source) == kept {
+                continue;
+            }
             let present = match source {
-                TokenSource::Header { name, .. } => req.header(name).is_some(),
+                TokenSource::Header { name, .. } => {
+                    if Some(name.as_str()) != kept_header && req.header(name).is_some() {
+                        removal.add(source);
+                    }
+                    for twin in underscore_twins(req, name) {
+                        removal.headers.push(twin);
+                    }
+                    continue;
+                }
                 TokenSource::Param(name) => req.query_values(name).next().is_some(),
                 TokenSource::Cookie(name) => req.cookie_values(name).next().is_some(),
             };
@@ -1021,4 +1111,18 @@ fn strip_credentials(
         }
     }
     removal.apply(req, edits);
+}
+
+/// The names of request headers that are not `name` but that a CGI/WSGI/Rack service reads as
+/// it (`HTTP_X_PORTCULLIS_SUBJECT` for both `x-portcullis-subject` and `x_portcullis_subject`):
+/// the same after `_` → `-` (Envoy has already lower-cased every name).
+fn underscore_twins<'r>(req: &Request<'r>, name: &'r str) -> impl Iterator<Item = &'r str> {
+    req.headers.iter().filter_map(move |(n, _)| {
+        (n.contains('_')
+            && n.len() == name.len()
+            && n.bytes()
+                .zip(name.bytes())
+                .all(|(a, b)| a == b || (a == b'_' && b == b'-')))
+        .then_some(n.as_str())
+    })
 }

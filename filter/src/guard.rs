@@ -63,6 +63,22 @@ pub fn is_shadowed(refusal: &Refusal, route: Option<&Route>) -> bool {
     refusal.shadow || route.is_some_and(|r| r.shadow)
 }
 
+/// An authority Envoy could read differently from the filter (see
+/// [`crate::request::authority_is_unambiguous`]): 400 before any route is chosen.
+pub fn authority(req: &Request<'_>) -> Option<Stop> {
+    let authority = req
+        .header(":authority")
+        .or_else(|| req.header("host"))
+        .unwrap_or("");
+    (!crate::request::authority_is_unambiguous(authority)).then(|| {
+        Stop::new(
+            400,
+            "invalid_host",
+            "the Host header is not a host name with an optional numeric port".to_owned(),
+        )
+    })
+}
+
 /// The refusal when the proxy would not give the filter what it needs to decide (a host call
 /// failed): fail closed with 503 and let the client retry.
 pub fn host_failure() -> Stop {
@@ -199,7 +215,9 @@ fn ip_passes(filter: &IpFilter, client: Option<IpAddr>) -> bool {
         Some(ip) => {
             !filter.deny.contains(ip) && (filter.allow.is_empty() || filter.allow.contains(ip))
         }
-        None => filter.allow.is_empty(),
+        // An unknown client (no address, or one Envoy took from a header nobody vouches
+        // for) passes no list: a deny list cannot be dodged by hiding the address.
+        None => false,
     }
 }
 
@@ -298,6 +316,16 @@ pub fn inspect_request(route: &Route, req: &Request<'_>, path: &str) -> Option<S
                 })
             })
         })?;
+    Some(found(finding, inspection.shadow))
+}
+
+/// Request trailers, inspected as header values are (every trailer: trailers are rare, and
+/// one that carries an attack must not pass because its name is not on the route's list).
+pub fn inspect_trailers(route: &Route, trailers: &[(String, String)]) -> Option<Stop> {
+    let inspection = route.inspection.as_ref()?;
+    let finding = trailers
+        .iter()
+        .find_map(|(_, value)| inspection.inspector.inspect(Location::Header, value))?;
     Some(found(finding, inspection.shadow))
 }
 

@@ -109,6 +109,27 @@ pub fn split_host_port(authority: &str) -> (&str, Option<&str>) {
     }
 }
 
+/// Whether an authority (`:authority`, HTTP/1's `Host`) reads the same to the filter and to
+/// Envoy's virtual-host matching: a host name (or `[IPv6]`) and at most one `:` with a
+/// numeric port. Anything else — `host:80:80`, `host:`, `host:abc`, `user@host`, spaces — could
+/// be split one way by the filter and matched another way by Envoy (a route protected for
+/// `admin.example.com` missed while Envoy's `admin.example.com:*` domain routes there), so
+/// such a request is refused before any route is chosen. Empty is allowed (HTTP/1.0).
+pub fn authority_is_unambiguous(authority: &str) -> bool {
+    let (host, port) = split_host_port(authority);
+    let host_ok = match host.strip_prefix('[') {
+        Some(rest) => rest
+            .strip_suffix(']')
+            .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok()),
+        None => host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')),
+    };
+    let port_ok =
+        port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+    host_ok && port_ok
+}
+
 /// The `key=value` pairs of a query string, keys percent-decoded (`None` when undecodable) and
 /// values raw. A pair without `=` has an empty value.
 pub fn query_pairs(query: &str) -> impl Iterator<Item = (Option<String>, &str)> {

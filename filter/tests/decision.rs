@@ -595,11 +595,8 @@ fn a_shadow_provider_beside_an_enforcing_one_never_lets_a_request_in() {
 #[test]
 fn hosts_are_normalised_before_matching() {
     let mut run = Run::new();
-    for authority in [
-        "Admin.Example.COM.",
-        "admin.example.com:abc",
-        "x.example.com.:8443",
-    ] {
+    // (A non-numeric port is refused before routing: `ambiguous_authorities_are_refused`.)
+    for authority in ["Admin.Example.COM.", "x.example.com.:8443"] {
         let headers = vec![
             (":method".to_owned(), "GET".to_owned()),
             (":path".to_owned(), "/admin".to_owned()),
@@ -769,4 +766,170 @@ fn a_parameter_and_a_cookie_together_are_ambiguous() {
     refused(&d, 400, "invalid_request");
     assert_eq!(set_value(&d, ":path"), Some("/web/x?keep=1"));
     assert_eq!(set_value(&d, "cookie"), Some("keep=2"));
+}
+
+/// Issue 14 (2): no credential the filter did not verify reaches the service.
+#[test]
+fn unverified_credentials_never_reach_the_service() {
+    // A valid API key beside a forged bearer token: the key wins, and the token goes too.
+    let forged = bearer("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJyb290In0.forged");
+    let d = get(
+        "/orders",
+        &[("x-api-key", API_KEY), ("authorization", &forged)],
+    );
+    allowed(&d);
+    assert_eq!(d.reason, "authenticated");
+    assert!(removes(&d, "authorization"), "{d:#?}");
+    assert!(removes(&d, "x-api-key"), "{d:#?}");
+    // The same with a valid token and a wrong API key: the key goes.
+    let d = get(
+        "/orders",
+        &[
+            ("x-api-key", "not-a-key"),
+            ("authorization", &bearer(&token())),
+        ],
+    );
+    allowed(&d);
+    assert!(
+        removes(&d, "x-api-key") && removes(&d, "authorization"),
+        "{d:#?}"
+    );
+    // An anonymous pass (allow_missing) leaves no unread credential behind.
+    for value in [
+        "Basic YWxhZGRpbjpvcGVuc2VzYW1l",
+        "Bearer",
+        "Token abc",
+        "Bearerabc",
+    ] {
+        let d = get("/docs/abc", &[("authorization", value)]);
+        allowed(&d);
+        assert_eq!(d.reason, "anonymous", "{value}");
+        assert!(removes(&d, "authorization"), "{value}: {d:#?}");
+    }
+    // Underscore spellings of a credential header, which a CGI-style service reads as the
+    // header itself, go as well.
+    let d = get(
+        "/orders",
+        &[
+            ("authorization", &bearer(&token())),
+            ("x_api_key", "pk_other"),
+        ],
+    );
+    allowed(&d);
+    assert!(removes(&d, "x_api_key"), "{d:#?}");
+}
+
+/// Issue 14 (2b): a bearer credential is recognised however it is spelled.
+#[test]
+fn bearer_credentials_in_any_spelling_are_verified() {
+    let forged = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJyb290In0.forged";
+    for value in [
+        format!("Bearer\t{forged}"),
+        format!("bearer  {forged}"),
+        format!("BEARER \t {forged} "),
+    ] {
+        let d = get("/docs/abc", &[("authorization", &value)]);
+        refused(&d, 401, "invalid_token");
+        let d = get(
+            "/docs/abc",
+            &[("authorization", &value.replace(forged, &token()))],
+        );
+        allowed(&d);
+        assert_eq!(d.reason, "authenticated", "{value}");
+        assert!(removes(&d, "authorization"));
+    }
+    // Envoy joins repeated headers with a comma: a bearer credential beside any other one is
+    // ambiguous, in one header or in two.
+    let joined = format!("Basic YWxhZGRpbjpvcGVuc2VzYW1l,Bearer {}", token());
+    refused(
+        &get("/docs/abc", &[("authorization", &joined)]),
+        400,
+        "invalid_request",
+    );
+    let twice = [
+        ("authorization", "Basic YWxhZGRpbjpvcGVuc2VzYW1l".to_owned()),
+        ("authorization", bearer(&token())),
+    ];
+    let pairs: Vec<(&str, &str)> = twice.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    refused(&get("/docs/abc", &pairs), 400, "invalid_request");
+    let two_tokens = format!("Bearer {},Bearer {}", token(), token());
+    refused(
+        &get("/orders", &[("authorization", &two_tokens)]),
+        400,
+        "invalid_request",
+    );
+}
+
+/// Issue 14 (3): identity headers cannot be forged with underscores.
+#[test]
+fn identity_headers_spelled_with_underscores_are_removed() {
+    for path in ["/healthz", "/docs/abc"] {
+        let d = get(
+            path,
+            &[
+                ("x_portcullis_subject", "admin"),
+                ("x_tenant", "globex"),
+                ("x_request_id", "ok"),
+            ],
+        );
+        allowed(&d);
+        assert!(removes(&d, "x_portcullis_subject"), "{path}: {d:#?}");
+        assert!(removes(&d, "x_tenant"), "{path}: {d:#?}");
+        assert!(!removes(&d, "x_request_id"), "not an identity header");
+    }
+    let d = get(
+        "/orders",
+        &[
+            ("authorization", &bearer(&token())),
+            ("x_tenant", "globex"),
+            ("x-tenant", "globex"),
+        ],
+    );
+    allowed(&d);
+    assert!(removes(&d, "x_tenant") && removes(&d, "x-tenant"));
+    assert_eq!(set_value(&d, "x-tenant"), Some("a"));
+}
+
+/// Issue 14 (4): an authority Envoy could read differently from the filter is refused before
+/// routing, so a route protected by host cannot be missed by a spelling Envoy still routes.
+#[test]
+fn ambiguous_authorities_are_refused() {
+    let run_with = |authority: &str| {
+        let mut run = Run::new();
+        let headers = vec![
+            (":method".to_owned(), "GET".to_owned()),
+            (":path".to_owned(), "/admin".to_owned()),
+            (":authority".to_owned(), authority.to_owned()),
+        ];
+        decide(&run.config, &mut run.cache, &Request::new(&headers), NOW)
+    };
+    for bad in [
+        "admin.example.com:80:80",
+        "admin.example.com:",
+        "admin.example.com:abc",
+        "admin.example.com:123456",
+        "user@admin.example.com",
+        "admin.example.com :80",
+        "[::1",
+        "[not-v6]:80",
+        "admin.example.com%2f",
+    ] {
+        refused(&run_with(bad), 400, "invalid_host");
+    }
+    // What Envoy and the filter read the same way goes on to routing (here: a 401, the
+    // admin route needs a token).
+    for good in [
+        "admin.example.com",
+        "admin.example.com:80",
+        "ADMIN.example.com:443",
+        "admin.example.com.",
+        "[::1]:8080",
+        "[2001:db8::1]",
+    ] {
+        let d = run_with(good);
+        match &d.verdict {
+            Verdict::Refuse(r) => assert_ne!(r.error, "invalid_host", "{good}"),
+            Verdict::Allow => {}
+        }
+    }
 }

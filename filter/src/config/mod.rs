@@ -53,6 +53,10 @@ pub struct Config {
     /// Proxies in front of Envoy whose `X-Forwarded-For` entries are trusted (see
     /// [`crate::client_ip`]).
     pub xff_num_trusted_hops: u32,
+    /// Whether a `source.address` that Envoy took from `X-Forwarded-For` (its own trusted
+    /// hops) is the client; by default such an address is unknown (see
+    /// [`crate::client_ip::source_address`]).
+    pub trust_envoy_xff: bool,
     /// Global IP lists, checked before the route's.
     pub ip_filter: Option<IpFilter>,
     /// Global limits: those checked before a route is known (URI, headers, query) use these.
@@ -143,9 +147,9 @@ fn read_config(cx: &mut Ctx, doc: &Value) -> Option<Config> {
         .map_or_else(Default::default, |v| {
             protection::read_path_normalization(cx, v, "path_normalization")
         });
-    let xff_num_trusted_hops = top
-        .get("client_ip")
-        .map_or(0, |v| protection::read_client_ip(cx, v, "client_ip"));
+    let (xff_num_trusted_hops, trust_envoy_xff) = top.get("client_ip").map_or((0, false), |v| {
+        protection::read_client_ip(cx, v, "client_ip")
+    });
     let ip_filter = top
         .get("ip_filter")
         .map(|v| protection::read_ip_filter(cx, v, "ip_filter"));
@@ -192,6 +196,7 @@ fn read_config(cx: &mut Ctx, doc: &Value) -> Option<Config> {
         protected_headers,
         clear_route_cache,
         xff_num_trusted_hops,
+        trust_envoy_xff,
         ip_filter,
         limits,
         rate_limit_service,

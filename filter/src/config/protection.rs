@@ -68,14 +68,19 @@ impl Default for Limits {
     }
 }
 
-/// Reads `client_ip`: `{"xff_num_trusted_hops": N}`.
-pub fn read_client_ip(cx: &mut Ctx, v: &Value, path: &str) -> u32 {
+/// Reads `client_ip`: `{"xff_num_trusted_hops": N, "trust_envoy_xff": false}`; the hops and
+/// whether an address Envoy took from `X-Forwarded-For` is trusted.
+pub fn read_client_ip(cx: &mut Ctx, v: &Value, path: &str) -> (u32, bool) {
     let Some(mut o) = Obj::new(cx, v, path) else {
-        return 0;
+        return (0, false);
     };
     let hops = o.u64(cx, "xff_num_trusted_hops", MAX_TRUSTED_HOPS);
+    let trust_envoy_xff = o.bool(cx, "trust_envoy_xff", false);
     o.finish(cx);
-    hops.and_then(|h| u32::try_from(h).ok()).unwrap_or(0)
+    (
+        hops.and_then(|h| u32::try_from(h).ok()).unwrap_or(0),
+        trust_envoy_xff,
+    )
 }
 
 /// Reads an `ip_filter` block: `{"allow": [CIDR…], "deny": [CIDR…], "shadow": false}`.
@@ -129,7 +134,7 @@ fn read_networks(cx: &mut Ctx, o: &mut Obj<'_>, key: &'static str) -> Vec<IpNet>
 }
 
 /// Reads a `burst` block: `{"requests_per_second": 10, "burst": 20, "per_route": false,
-/// "max_clients": 16384, "shadow": false}`. `key_prefix` names its shared-data slots.
+/// "ipv4_prefix_len": 32, "ipv6_prefix_len": 64, "max_clients": 16384, "shadow": false}`. `key_prefix` names its shared-data slots.
 pub fn read_burst(cx: &mut Ctx, v: &Value, path: &str, key_prefix: &str) -> Option<Burst> {
     let mut o = Obj::new(cx, v, path)?;
     let rate = match o.required(cx, "requests_per_second") {
@@ -157,6 +162,8 @@ pub fn read_burst(cx: &mut Ctx, v: &Value, path: &str, key_prefix: &str) -> Opti
         cx.error(&o.field_path("burst"), "must be at least 1");
     }
     let per_route = o.bool(cx, "per_route", false);
+    let ipv4_prefix = o.u64(cx, "ipv4_prefix_len", 32).unwrap_or(32);
+    let ipv6_prefix = o.u64(cx, "ipv6_prefix_len", 128).unwrap_or(64);
     let max_clients = o
         .u64(cx, "max_clients", MAX_BURST_CLIENTS)
         .unwrap_or(16_384);
@@ -176,6 +183,8 @@ pub fn read_burst(cx: &mut Ctx, v: &Value, path: &str, key_prefix: &str) -> Opti
             rate_milli: ((rate * 1000.0).round() as u64).max(1),
             capacity_milli: burst.saturating_mul(1000),
             per_route,
+            ipv4_prefix: u8::try_from(ipv4_prefix).unwrap_or(32),
+            ipv6_prefix: u8::try_from(ipv6_prefix).unwrap_or(64),
             shadow,
         },
         slots: Slots::new(key_prefix, usize::try_from(max_clients).unwrap_or(16_384)),

@@ -470,11 +470,20 @@ impl Entry {
 }
 
 /// A fetched JWKS as a key set: keys the filter cannot use (another `use`, no `alg`, an
-/// unsupported curve) are skipped; a set without any usable key is an error.
+/// unsupported curve) are skipped, and so are symmetric (`oct`) keys: a fetched set is public,
+/// and whoever reads an HMAC secret from it could sign tokens with it. A set without any usable
+/// key is an error.
 pub fn parse_jwks(body: &[u8]) -> Result<KeySet, String> {
     let doc: Value = serde_json::from_slice(body).map_err(|_| "the JWKS is not JSON")?;
     let mut cx = Ctx::default();
-    let keys = jwk::read_jwks(&mut cx, &doc, "jwks");
+    let read = jwk::read_jwks(&mut cx, &doc, "jwks");
+    let symmetric = read.iter().filter(|k| k.is_symmetric()).count();
+    let keys = KeySet::from_keys(read.iter().filter(|k| !k.is_symmetric()).cloned().collect());
+    if keys.is_empty() && symmetric > 0 {
+        return Err(format!(
+            "the JWKS holds only symmetric (oct) keys ({symmetric}), which a fetched, public key set must never carry"
+        ));
+    }
     if keys.is_empty() {
         let first = cx
             .into_errors()

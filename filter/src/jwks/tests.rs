@@ -131,6 +131,23 @@ fn a_set_without_usable_keys_is_refused() {
     assert!(parse_jwks(&jwks()).is_ok());
 }
 
+/// Issue 14 (7): an HMAC secret in a fetched (public) set would let anyone who reads the set
+/// sign tokens: symmetric keys are never installed from a remote set.
+#[test]
+fn symmetric_keys_of_a_fetched_set_are_never_installed() {
+    let oct = serde_json::json!({"kty": "oct", "kid": "hs1", "alg": "HS256",
+        "k": "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE"});
+    let only = serde_json::json!({"keys": [oct.clone()]}).to_string();
+    let err = parse_jwks(only.as_bytes()).unwrap_err();
+    assert!(err.contains("only symmetric (oct) keys"), "{err}");
+    let mut mixed = public_jwks_json();
+    let public = parse_jwks(&jwks()).unwrap().len();
+    mixed["keys"].as_array_mut().unwrap().push(oct);
+    let keys = parse_jwks(mixed.to_string().as_bytes()).unwrap();
+    assert_eq!(keys.len(), public);
+    assert!(keys.iter().all(|k| !k.is_symmetric()));
+}
+
 #[test]
 fn unknown_kid_refetches_are_throttled_across_workers() {
     let config = direct();

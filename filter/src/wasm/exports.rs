@@ -179,6 +179,11 @@ pub extern "C" fn proxy_on_request_body(context_id: u32, body_size: usize, eos: 
 }
 
 #[unsafe(no_mangle)]
+pub extern "C" fn proxy_on_request_trailers(context_id: u32, _trailers: usize) -> u32 {
+    on_stream(context_id, Core::on_request_trailers)
+}
+
+#[unsafe(no_mangle)]
 pub extern "C" fn proxy_on_response_headers(context_id: u32, _headers: usize, _eos: u32) -> u32 {
     if let Some(core) = stream(context_id)
         && let Ok(mut core) = core.try_borrow_mut()

@@ -271,6 +271,8 @@ pub fn get_buffer(buffer: Buffer, max: usize) -> Result<Option<Vec<u8>>, HostErr
 pub enum Map {
     /// The request's headers.
     Request = 0,
+    /// The request's trailers.
+    RequestTrailers = 1,
     /// The response's headers.
     Response = 2,
     /// The headers of a callout's answer.

@@ -21,6 +21,7 @@ use crate::audit::{self, AuditRecord};
 use crate::burst::{SharedStore, StoreError};
 use crate::cache::CacheKey;
 use crate::cache::TokenCache;
+use crate::client_ip::{self, SourceAddress};
 use crate::config::provider::{Introspection, JwtProvider, Provider};
 use crate::config::{Config, ProviderKind};
 use crate::decision::{self, BodyPlan, Decision, Env, HeaderEdit, Refusal, Verdict, Wait, Waited};
@@ -30,7 +31,7 @@ use crate::jwks::{Fetch, Refetch, RemoteKeys};
 use crate::metrics::{self, Outcome, Series};
 use crate::ratelimit::{self, proto};
 use crate::reply;
-use crate::request::{Request, split_host_port};
+use crate::request::Request;
 use crate::shared_cache::{EntryId, Kind, SharedTokens};
 use exports::Callout;
 use hostcalls::{Buffer, Level, Map, MetricKind, SetShared};
@@ -48,6 +49,10 @@ const MAX_WAITERS: usize = 4096;
 /// Most introspection calls one worker has in flight; beyond, requests get the endpoint's
 /// failure mode (so a flood of made-up opaque tokens cannot become a flood of calls).
 const MAX_INTROSPECTIONS_IN_FLIGHT: usize = 256;
+/// Most of those one client (an IPv4 address, an IPv6 /64) may hold: one client's flood of
+/// made-up tokens gets the failure mode itself instead of filling the worker's share and
+/// pushing every other client's new token into it.
+const MAX_INTROSPECTIONS_PER_CLIENT: usize = 16;
 
 /// Per plugin and worker VM: the prepared configuration, the verified-token cache and the
 /// fetched keys.
@@ -64,9 +69,9 @@ struct Worker {
     keys: RemoteKeys,
     /// Introspection answers.
     introspected: IntrospectionCache,
-    /// Introspection calls in flight: token and deadline (ns). An entry whose answer never
-    /// comes (its stream went away) leaves at its deadline.
-    introspecting: Vec<(u32, u64)>,
+    /// Introspection calls in flight: token, deadline (ns) and the client's network. An entry
+    /// whose answer never comes (its stream went away) leaves at its deadline.
+    introspecting: Vec<(u32, u64, Option<IpAddr>)>,
     /// Requests paused until their provider's keys change or their wait ends.
     waiters: Vec<Waiter>,
     /// Stat ids of the metric series this worker defined (ids are per VM; the stats behind
@@ -457,7 +462,8 @@ impl Core {
                     token,
                     key,
                 } => {
-                    let asked = self.introspect(&config, provider, &token, key);
+                    let client = decision.client_ip;
+                    let asked = self.introspect(&config, provider, &token, key, client);
                     self.waited.introspection |= !asked;
                     asked
                 }
@@ -538,14 +544,32 @@ impl Core {
 
     /// Asks the provider's introspection endpoint about the token; `false` if the call could
     /// not be made (the request is then decided as if the endpoint failed).
-    fn introspect(&mut self, config: &Config, provider: usize, token: &str, key: CacheKey) -> bool {
+    fn introspect(
+        &mut self,
+        config: &Config,
+        provider: usize,
+        token: &str,
+        key: CacheKey,
+        client: Option<IpAddr>,
+    ) -> bool {
         let Some((p, _, endpoint)) = introspection_of(config, provider) else {
             return false;
         };
         let now = now_ns();
         {
             let mut worker = self.worker.borrow_mut();
-            worker.introspecting.retain(|(_, deadline)| *deadline > now);
+            worker
+                .introspecting
+                .retain(|(_, deadline, _)| *deadline > now);
+            let network = client.map(|ip| crate::burst::client_network(ip, 32, 64));
+            let mine = worker
+                .introspecting
+                .iter()
+                .filter(|(_, _, n)| *n == network)
+                .count();
+            if mine >= MAX_INTROSPECTIONS_PER_CLIENT {
+                return false;
+            }
             if worker.introspecting.len() >= MAX_INTROSPECTIONS_IN_FLIGHT {
                 log_warn(&format!(
                     "portcullis: provider {}: {MAX_INTROSPECTIONS_IN_FLIGHT} introspection calls in flight; refusing more",
@@ -571,7 +595,8 @@ impl Core {
                         .saturating_add(1_000)
                         .saturating_mul(1_000_000),
                 );
-                worker.introspecting.push((call, deadline));
+                let network = client.map(|ip| crate::burst::client_network(ip, 32, 64));
+                worker.introspecting.push((call, deadline, network));
                 exports::register(Callout::Http(call), self.context_id);
                 true
             }
@@ -598,7 +623,7 @@ impl Core {
         self.worker
             .borrow_mut()
             .introspecting
-            .retain(|(t, _)| *t != call);
+            .retain(|(t, _, _)| *t != call);
         let Some(config) = self.config.clone() else {
             return;
         };
@@ -730,8 +755,16 @@ impl Core {
         if !end_of_stream {
             return Flow::Pause;
         }
+        self.check_buffered_body(plan, &config, body_size)
+    }
+
+    /// The whole buffered body against the route's checks, at its end (the last body chunk,
+    /// or the trailers); at most `max` bytes are read, one past the limit being enough to
+    /// refuse.
+    fn check_buffered_body(&mut self, plan: BodyPlan, config: &Config, max: usize) -> Flow {
+        self.body = None;
         let started = Instant::now();
-        let body = match hostcalls::get_buffer(Buffer::RequestBody, body_size) {
+        let body = match hostcalls::get_buffer(Buffer::RequestBody, max) {
             Ok(body) => body.unwrap_or_default(),
             Err(_) => {
                 // A body that cannot be read cannot be checked.
@@ -750,6 +783,57 @@ impl Core {
         match stop {
             Some(stop) => self.refuse_late_unless_shadowed(stop, true),
             None => Flow::Continue,
+        }
+    }
+
+    /// Request trailers (HTTP/2; HTTP/1 with `enable_trailers`). When they follow a body, they
+    /// end the request: no body callback has `end_of_stream`, so a body that waits to be
+    /// checked is checked here, or it would go upstream unchecked. Identity-header names (in
+    /// any `_`/`-` spelling) are removed from them as from the headers, and their values are
+    /// inspected as header values are.
+    pub(crate) fn on_request_trailers(&mut self) -> Flow {
+        if self.held.is_some() || self.introspection_call.is_some() {
+            return Flow::Pause;
+        }
+        let Some(config) = self.config.clone() else {
+            return Flow::Continue;
+        };
+        let trailers = match hostcalls::get_map(Map::RequestTrailers) {
+            Ok(trailers) => trailers,
+            Err(_) => {
+                self.refuse_late(guard::host_failure(), false);
+                return Flow::Pause;
+            }
+        };
+        let trailers: Vec<(String, String)> =
+            trailers.into_iter().map(|(n, v)| (n, text(v))).collect();
+        for (name, _) in &trailers {
+            let spelled = name.replace('_', "-");
+            if config.protected_headers.contains(&spelled)
+                && hostcalls::set_map_value(Map::RequestTrailers, name, None).is_err()
+            {
+                self.refuse_late(guard::host_failure(), false);
+                return Flow::Pause;
+            }
+        }
+        let route = self
+            .seen
+            .as_ref()
+            .and_then(|s| s.decision.route)
+            .and_then(|i| config.routes.get(i));
+        if let Some(stop) = route.and_then(|r| guard::inspect_trailers(r, &trailers))
+            && self.refuse_late_unless_shadowed(stop, false) == Flow::Pause
+        {
+            return Flow::Pause;
+        }
+        match self.body {
+            Some(plan) if plan.buffer => {
+                let max = usize::try_from(plan.max_bytes)
+                    .unwrap_or(usize::MAX)
+                    .saturating_add(1);
+                self.check_buffered_body(plan, &config, max)
+            }
+            _ => Flow::Continue,
         }
     }
 
@@ -857,15 +941,23 @@ impl Core {
     }
 
     /// `source.address` without its port (`1.2.3.4:5678`, `[::1]:5678`), as an address.
+    /// An address Envoy took from `X-Forwarded-For` (port 0: the connection manager's
+    /// `use_remote_address` is false, or its own trusted hops chose it) counts only with
+    /// `client_ip.trust_envoy_xff`; otherwise the client is unknown, which passes no IP list.
     fn peer(&self) -> Option<IpAddr> {
         let raw = hostcalls::get_property(&["source", "address"]).ok()??;
-        let text = String::from_utf8(raw).ok()?;
-        let (host, _) = split_host_port(&text);
-        let ip = host
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .unwrap_or(host);
-        ip.parse().ok()
+        let text = std::str::from_utf8(&raw).ok()?;
+        match client_ip::source_address(text) {
+            SourceAddress::Connection(ip) => Some(ip),
+            SourceAddress::Forwarded(ip) => {
+                if self.config.as_ref().is_some_and(|c| c.trust_envoy_xff) {
+                    return Some(ip);
+                }
+                warn_spoofable_once();
+                None
+            }
+            SourceAddress::Unknown => None,
+        }
     }
 
     /// Sends the local reply of a refusal.
@@ -1060,6 +1152,23 @@ fn introspection_of(
 fn publish_decision(verdict: &str, reason: &str) {
     let _ = hostcalls::set_property("portcullis.decision", verdict.as_bytes());
     let _ = hostcalls::set_property("portcullis.reason", reason.as_bytes());
+}
+
+thread_local! {
+    /// Whether this VM already said that its listener lets clients choose their address.
+    static WARNED_SPOOFABLE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn warn_spoofable_once() {
+    if !WARNED_SPOOFABLE.with(|w| w.replace(true)) {
+        log_warn(
+            "portcullis: source.address came from X-Forwarded-For (port 0): under the connection \
+             manager's default use_remote_address: false any client writes it, so client \
+             addresses are treated as unknown and IP lists refuse. Set use_remote_address: true; \
+             or, if Envoy's own xff_num_trusted_hops or original_ip_detection_extensions chose \
+             the address on purpose, client_ip.trust_envoy_xff: true",
+        );
+    }
 }
 
 /// Makes Envoy pick the route again from the edited headers (routing by identity). Envoy does
