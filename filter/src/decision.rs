@@ -796,10 +796,18 @@ fn extract<'c>(req: &Request<'_>, sources: &'c [TokenSource]) -> Extracted<'c> {
                     }
                 }
             },
-            TokenSource::Param(name) => req.query_values(name).for_each(|v| found(v, source)),
-            TokenSource::Cookie(name) => req
-                .cookie_values(name)
-                .for_each(|v| found(Some(v.to_owned()), source)),
+            TokenSource::Param(name) => {
+                ambiguous |= req
+                    .query()
+                    .is_some_and(|q| crate::request::query_disguises(q, name));
+                req.query_values(name).for_each(|v| found(v, source));
+            }
+            TokenSource::Cookie(name) => {
+                let cookies: Vec<&str> = req.headers_named("cookie").collect();
+                ambiguous |= crate::request::cookie_disguises(&cookies, name);
+                req.cookie_values(name)
+                    .for_each(|v| found(Some(v.to_owned()), source));
+            }
         }
     }
     if ambiguous {
@@ -1083,6 +1091,16 @@ fn strip_credentials<'c>(
         _ => None,
     };
     let mut removal = CredentialRemoval::default();
+    // The standard credential headers, whichever providers the route names (an API-key route
+    // must not forward a forged bearer token beside its verified consumer).
+    for name in ["authorization", "proxy-authorization"] {
+        if Some(name) != kept_header {
+            if req.header(name).is_some() {
+                removal.headers.push(name);
+            }
+            removal.headers.extend(underscore_twins(req, name));
+        }
+    }
     for provider in route
         .requires
         .iter()

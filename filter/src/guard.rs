@@ -109,7 +109,8 @@ pub struct BodyPlan {
 /// How a body is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyKind {
-    /// `application/json` or `*/*+json`.
+    /// `application/json`, `text/json` (which ASP.NET Core and others parse as JSON) or
+    /// `*/*+json`.
     Json,
     /// `application/x-www-form-urlencoded`.
     Form,
@@ -124,7 +125,7 @@ impl BodyKind {
             return BodyKind::Other;
         };
         let lower = media.to_ascii_lowercase();
-        if lower == "application/json" || lower.ends_with("+json") {
+        if lower == "application/json" || lower == "text/json" || lower.ends_with("+json") {
             BodyKind::Json
         } else if lower == "application/x-www-form-urlencoded" {
             BodyKind::Form

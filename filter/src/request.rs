@@ -185,6 +185,54 @@ pub fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// A query parameter or cookie name as the most forgiving frameworks read it: percent-decoded
+/// (PHP decodes cookie names too), an array suffix `[…]` dropped, and `.`, ` ` and `[` read as
+/// `_` (PHP reads `access.token`, `access token` and `access[token` as `access_token`).
+pub fn lenient_name(raw: &str) -> String {
+    let decoded = percent_decode(raw).unwrap_or_else(|| raw.to_owned());
+    let base = match decoded.find('[') {
+        Some(i) if i > 0 && decoded.ends_with(']') => decoded.get(..i).unwrap_or(&decoded),
+        _ => &decoded,
+    };
+    base.trim()
+        .chars()
+        .map(|c| if matches!(c, '.' | ' ' | '[') { '_' } else { c })
+        .collect()
+}
+
+/// Whether some parser would find the query parameter `name` more often than the filter does
+/// (which splits on `&` and decodes names exactly): `a=1;name=…` (Rack 2 and older Python
+/// split on `;`), `name[]=…`, `na.me` for `na_me`. The filter cannot check or strip what it does
+/// not see, so such a request is ambiguous.
+pub fn query_disguises(query: &str, name: &str) -> bool {
+    let strict = query_pairs(query)
+        .filter(|(key, _)| key.as_deref() == Some(name))
+        .count();
+    let lenient = query
+        .split(['&', ';'])
+        .filter(|pair| lenient_name(pair.split_once('=').map_or(*pair, |(k, _)| k)) == name)
+        .count();
+    lenient > strict
+}
+
+/// Whether some parser would find the cookie `name` more often than the filter does (which
+/// splits on `;` and compares names exactly): percent-encoded names (`sess%69on`, PHP) or a
+/// cookie after a `,` (`a=1, session=…`, Python's `SimpleCookie`).
+pub fn cookie_disguises(headers: &[&str], name: &str) -> bool {
+    let strict = headers
+        .iter()
+        .flat_map(|h| cookie_pairs(h))
+        .filter(|(key, _)| *key == name)
+        .count();
+    let lenient = headers
+        .iter()
+        .flat_map(|h| h.split([';', ',']))
+        .filter_map(|c| c.split_once('=').map(|(k, _)| k))
+        .filter(|key| lenient_name(key) == name)
+        .count();
+    lenient > strict
+}
+
 /// Removes every occurrence of the query parameter `name` from `path_and_query`.
 pub fn without_query_param(path_and_query: &str, name: &str) -> String {
     let Some((path, query)) = path_and_query.split_once('?') else {
@@ -234,6 +282,46 @@ mod tests {
         h.iter()
             .map(|(a, b)| (a.to_string(), b.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn disguised_credential_names_are_found() {
+        for query in [
+            "a=1;access_token=x",
+            "access.token=x",
+            "access+token=x",
+            "access%20token=x",
+            "access[token=x",
+            "access_token[]=x",
+            "access_token%5B%5D=x",
+            "access_token=ok&a=1;access_token=x",
+        ] {
+            assert!(query_disguises(query, "access_token"), "{query}");
+        }
+        for query in [
+            "access_token=x",
+            "%61ccess_token=x",
+            "a=1&b=2",
+            "access_tokens=x",
+            "",
+        ] {
+            assert!(!query_disguises(query, "access_token"), "{query}");
+        }
+        for cookies in [
+            &["sess%69on=x"][..],
+            &["a=1, session=x"],
+            &["session=ok; a=1, session=x"],
+        ] {
+            assert!(cookie_disguises(cookies, "session"), "{cookies:?}");
+        }
+        for cookies in [
+            &["session=x"][..],
+            &["a=1; session=x"],
+            &["a=1", "session=x"],
+            &["b=session"],
+        ] {
+            assert!(!cookie_disguises(cookies, "session"), "{cookies:?}");
+        }
     }
 
     #[test]

@@ -74,7 +74,8 @@ fn config_json() -> Value {
             {"name": "web", "match": {"prefix": "/web"}, "requires": ["cookie"]},
             {"name": "watched", "match": {"prefix": "/watched"}, "requires": ["watch"]},
             {"name": "mixed", "match": {"prefix": "/mixed"}, "requires": ["corp", "trialkeys"]},
-            {"name": "trial", "match": {"prefix": "/trial"}, "requires": ["corp"], "scopes": ["beta"], "shadow": true}
+            {"name": "trial", "match": {"prefix": "/trial"}, "requires": ["corp"], "scopes": ["beta"], "shadow": true},
+            {"name": "keysonly", "match": {"prefix": "/keysonly"}, "requires": ["keys"]}
         ]
     })
 }
@@ -931,5 +932,49 @@ fn ambiguous_authorities_are_refused() {
             Verdict::Refuse(r) => assert_ne!(r.error, "invalid_host", "{good}"),
             Verdict::Allow => {}
         }
+    }
+}
+
+/// The adversarial review of issue 14's fixes: credentials other parsers would read.
+#[test]
+fn credentials_disguised_for_other_parsers_are_ambiguous() {
+    let t = token();
+    for query in [
+        format!("/web?a=1;access_token={t}"),
+        format!("/web?access.token={t}"),
+        format!("/web?access_token[]={t}"),
+        format!("/web?access%5Ftoken={t}&a=1;access_token=x"),
+    ] {
+        refused(&get(&query, &[]), 400, "invalid_request");
+    }
+    for cookie in [format!("sess%69on={t}"), format!("a=1, session={t}")] {
+        refused(&get("/web", &[("cookie", &cookie)]), 400, "invalid_request");
+    }
+    // The plain spellings are read as before.
+    allowed(&get(&format!("/web?access_token={t}"), &[]));
+    allowed(&get("/web", &[("cookie", &format!("a=1; session={t}"))]));
+}
+
+#[test]
+fn standard_credential_headers_never_pass_unverified() {
+    // An API-key route: a forged bearer token (or proxy credential) beside the valid key.
+    let forged = bearer("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJyb290In0.forged");
+    let d = get(
+        "/keysonly",
+        &[
+            ("x-api-key", API_KEY),
+            ("authorization", &forged),
+            ("proxy-authorization", &forged),
+            ("proxy_authorization", &forged),
+        ],
+    );
+    allowed(&d);
+    for name in [
+        "authorization",
+        "proxy-authorization",
+        "proxy_authorization",
+        "x-api-key",
+    ] {
+        assert!(removes(&d, name), "{name}: {d:#?}");
     }
 }

@@ -134,7 +134,10 @@ impl Suite {
             "idp": {"issuer": issuer, "audiences": ["orders"],
                     "remote_jwks": remote("idp", format!("{issuer}/jwks"))},
             "keys": {"type": "api_key", "keys": [{"consumer": "acme",
-                     "sha256": portcullis::apikey::hash_hex(API_KEY)}]}
+                     "sha256": portcullis::apikey::hash_hex(API_KEY)}]},
+            "ck": {"issuer": issuer, "audiences": ["orders"],
+                   "remote_jwks": remote("idp", format!("{issuer}/jwks")),
+                   "from_params": ["access_token"], "from_cookies": ["session"]}
         });
         let spoof = json!({"routes": [
             {"name": "admin", "match": {"prefix": "/admin"}, "public": true,
@@ -149,6 +152,9 @@ impl Suite {
                 {"name": "orders", "match": {"prefix": "/orders"}, "requires": ["idp", "keys"]},
                 {"name": "docs", "match": {"prefix": "/docs"}, "requires": ["idp"],
                  "allow_missing": true},
+                {"name": "ck", "match": {"prefix": "/ck"}, "requires": ["ck", "keys"],
+                 "allow_missing": true},
+                {"name": "keysonly", "match": {"prefix": "/keysonly"}, "requires": ["keys"]},
                 {"name": "body", "match": {"prefix": "/search"}, "public": true,
                  "inspection": {"mode": "block", "level": "medium"}},
                 {"name": "public", "match": {"prefix": "/"}, "public": true}
@@ -380,6 +386,39 @@ fn unverified_credentials_never_reach_the_service(suite: &Suite) {
     );
     assert_eq!(r.status, 400, "{}", r.summary());
     assert_eq!(r.error_code().as_deref(), Some("invalid_request"));
+    // An API-key route does not forward a bearer token (or proxy credential) beside the key.
+    let r = get(
+        edge,
+        "/keysonly",
+        &[
+            ("x-api-key", API_KEY),
+            ("authorization", &bearer),
+            ("proxy-authorization", &bearer),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.summary());
+    let h = received(&r);
+    assert!(
+        !h.contains_key("authorization") && !h.contains_key("proxy-authorization"),
+        "{h:?}"
+    );
+    // Parameters and cookies spelled so that another parser reads them as the credential,
+    // which the filter would neither check nor strip, are ambiguous.
+    for (path, cookie) in [
+        (format!("/ck/1?a=1;access_token={forged}"), ""),
+        (format!("/ck/1?access.token={forged}"), ""),
+        (format!("/ck/1?access_token[]={forged}"), ""),
+        ("/ck/1".to_owned(), "sess%69on=forged"),
+        ("/ck/1".to_owned(), "a=1, session=forged"),
+    ] {
+        let headers: Vec<(&str, &str)> = if cookie.is_empty() {
+            vec![("x-api-key", API_KEY)]
+        } else {
+            vec![("x-api-key", API_KEY), ("cookie", cookie)]
+        };
+        let r = get(edge, &path, &headers);
+        assert_eq!(r.status, 400, "{path} {cookie}: {}", r.summary());
+    }
     // A credential the filter does not read passes as anonymous, without the credential.
     let r = get(
         edge,

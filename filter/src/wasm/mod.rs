@@ -367,9 +367,15 @@ impl Core {
         })
     }
 
-    /// The stream ended: nothing may act on it any more.
+    /// The stream ended: nothing may act on it any more, and an introspection call it waited
+    /// for no longer holds one of the worker's places (its answer will be dropped).
     pub(crate) fn on_done(&mut self) {
         self.finished = true;
+        if let Some((call, _, _)) = self.introspection_call.take()
+            && let Ok(mut worker) = self.worker.try_borrow_mut()
+        {
+            worker.introspecting.retain(|(t, _, _)| *t != call);
+        }
     }
 
     pub(crate) fn on_request_headers(&mut self, end_of_stream: bool) -> Flow {
@@ -567,7 +573,9 @@ impl Core {
                 .iter()
                 .filter(|(_, _, n)| *n == network)
                 .count();
-            if mine >= MAX_INTROSPECTIONS_PER_CLIENT {
+            // Unknown clients (no usable address) share only the worker-wide limit: one
+            // budget for all of them would let one of them starve the others.
+            if network.is_some() && mine >= MAX_INTROSPECTIONS_PER_CLIENT {
                 return false;
             }
             if worker.introspecting.len() >= MAX_INTROSPECTIONS_IN_FLIGHT {
@@ -788,9 +796,10 @@ impl Core {
 
     /// Request trailers (HTTP/2; HTTP/1 with `enable_trailers`). When they follow a body, they
     /// end the request: no body callback has `end_of_stream`, so a body that waits to be
-    /// checked is checked here, or it would go upstream unchecked. Identity-header names (in
-    /// any `_`/`-` spelling) are removed from them as from the headers, and their values are
-    /// inspected as header values are.
+    /// checked is checked here, or it would go upstream unchecked. Identity-header and
+    /// credential names (in any `_`/`-` spelling) are removed from them — a credential is never
+    /// read from a trailer, so none may reach a service that merges trailers into headers —
+    /// and their values are inspected as header values are.
     pub(crate) fn on_request_trailers(&mut self) -> Flow {
         if self.held.is_some() || self.introspection_call.is_some() {
             return Flow::Pause;
@@ -809,7 +818,15 @@ impl Core {
             trailers.into_iter().map(|(n, v)| (n, text(v))).collect();
         for (name, _) in &trailers {
             let spelled = name.replace('_', "-");
-            if config.protected_headers.contains(&spelled)
+            let credential = matches!(
+                spelled.as_str(),
+                "authorization" | "proxy-authorization" | "cookie"
+            ) || config.providers.iter().any(|p| {
+                p.sources().0.iter().any(
+                    |s| matches!(s, crate::config::provider::TokenSource::Header { name, .. } if *name == spelled),
+                )
+            });
+            if (credential || config.protected_headers.contains(&spelled))
                 && hostcalls::set_map_value(Map::RequestTrailers, name, None).is_err()
             {
                 self.refuse_late(guard::host_failure(), false);
