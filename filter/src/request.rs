@@ -116,6 +116,14 @@ pub fn split_host_port(authority: &str) -> (&str, Option<&str>) {
 /// `admin.example.com` missed while Envoy's `admin.example.com:*` domain routes there), so
 /// such a request is refused before any route is chosen. Empty is allowed (HTTP/1.0).
 pub fn authority_is_unambiguous(authority: &str) -> bool {
+    // `[v6]` must be followed by nothing or by `:port` (`[::1]x` and `[::1].` are not hosts).
+    if let Some(end) = authority.find(']')
+        && authority
+            .get(end + 1..)
+            .is_some_and(|rest| !rest.is_empty() && !rest.starts_with(':'))
+    {
+        return false;
+    }
     let (host, port) = split_host_port(authority);
     let host_ok = match host.strip_prefix('[') {
         Some(rest) => rest

@@ -913,6 +913,9 @@ fn ambiguous_authorities_are_refused() {
         "admin.example.com :80",
         "[::1",
         "[not-v6]:80",
+        "[::1]x",
+        "[::1].",
+        "[::1]:80x",
         "admin.example.com%2f",
     ] {
         refused(&run_with(bad), 400, "invalid_host");
