@@ -764,8 +764,7 @@ fn extract<'c>(req: &Request<'_>, sources: &'c [TokenSource]) -> Extracted<'c> {
                     // whitespace. Envoy joins repeated headers with commas, and a credential
                     // list is comma-separated too: a scheme credential beside anything else in
                     // the same header is ambiguous (which one would the service use?).
-                    let mut parts = 0usize;
-                    let mut tokens = Vec::new();
+                    let (mut parts, mut tokens) = (0usize, 0usize);
                     for part in req
                         .headers_named(name)
                         .flat_map(|v| v.split(','))
@@ -774,15 +773,11 @@ fn extract<'c>(req: &Request<'_>, sources: &'c [TokenSource]) -> Extracted<'c> {
                     {
                         parts += 1;
                         if let Some(token) = scheme_token(part, scheme) {
-                            tokens.push(token);
+                            tokens += 1;
+                            found(Some(token.to_owned()), source);
                         }
                     }
-                    if !tokens.is_empty() && parts > 1 {
-                        ambiguous = true;
-                    }
-                    for token in tokens {
-                        found(Some(token.to_owned()), source);
-                    }
+                    ambiguous |= tokens > 0 && parts > 1;
                 }
                 None => {
                     for v in req.headers_named(name) {

@@ -66,11 +66,7 @@ pub fn is_shadowed(refusal: &Refusal, route: Option<&Route>) -> bool {
 /// An authority Envoy could read differently from the filter (see
 /// [`crate::request::authority_is_unambiguous`]): 400 before any route is chosen.
 pub fn authority(req: &Request<'_>) -> Option<Stop> {
-    let authority = req
-        .header(":authority")
-        .or_else(|| req.header("host"))
-        .unwrap_or("");
-    (!crate::request::authority_is_unambiguous(authority)).then(|| {
+    (!crate::request::authority_is_unambiguous(req.authority())).then(|| {
         Stop::new(
             400,
             "invalid_host",

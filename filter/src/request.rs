@@ -55,15 +55,18 @@ impl<'a> Request<'a> {
         self.path_and_query().split_once('?').map(|(_, q)| q)
     }
 
+    /// `:authority` (or HTTP/1.0's `host`) as sent; empty when there is none.
+    pub fn authority(&self) -> &'a str {
+        self.header(":authority")
+            .or_else(|| self.header("host"))
+            .unwrap_or("")
+    }
+
     /// `:authority` (or `host`) reduced to the host name routes match against: port and one
     /// trailing dot removed (`API.example.com.:443` → `API.example.com`). Comparison is
     /// case-insensitive by the caller.
     pub fn host(&self) -> &'a str {
-        let authority = self
-            .header(":authority")
-            .or_else(|| self.header("host"))
-            .unwrap_or("");
-        let (host, _) = split_host_port(authority);
+        let (host, _) = split_host_port(self.authority());
         host.strip_suffix('.').unwrap_or(host)
     }
 

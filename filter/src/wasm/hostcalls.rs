@@ -197,6 +197,25 @@ unsafe fn take_bytes(data: *mut u8, size: usize) -> Vec<u8> {
     unsafe { Vec::from_raw_parts(data, size, size) }
 }
 
+/// The answer of a call that returns bytes: the bytes (Ok), `None` (NotFound), or the call's
+/// failure.
+///
+/// # Safety
+/// As for [`take_bytes`]: on Ok, `data` is null or was returned by `allocate(size)`.
+unsafe fn bytes_or_absent(
+    call: &'static str,
+    status: u32,
+    data: *mut u8,
+    size: usize,
+) -> Result<Option<Vec<u8>>, HostError> {
+    match status {
+        // SAFETY: on Ok the host allocated `size` bytes with `allocate`.
+        OK => Ok(Some(unsafe { take_bytes(data, size) })),
+        NOT_FOUND => Ok(None),
+        other => Err(failed(call, other)),
+    }
+}
+
 /// The allocator the host calls (`proxy_on_memory_allocate`) to hand bytes to the filter:
 /// exactly `size` bytes, so that [`take_bytes`] can take them back.
 pub fn allocate(size: usize) -> *mut u8 {
@@ -258,12 +277,8 @@ pub fn get_buffer(buffer: Buffer, max: usize) -> Result<Option<Vec<u8>>, HostErr
     let (mut data, mut size) = (null_mut(), 0usize);
     // SAFETY: the out-parameters are valid and writable.
     let status = unsafe { proxy_get_buffer_bytes(buffer as u32, 0, max, &mut data, &mut size) };
-    match status {
-        // SAFETY: on Ok the host allocated `size` bytes with `allocate`.
-        OK => Ok(Some(unsafe { take_bytes(data, size) })),
-        NOT_FOUND => Ok(None),
-        other => Err(failed("proxy_get_buffer_bytes", other)),
-    }
+    // SAFETY: the host filled `data` and `size` as the ABI says.
+    unsafe { bytes_or_absent("proxy_get_buffer_bytes", status, data, size) }
 }
 
 /// Header maps the filter reads or edits.
@@ -299,12 +314,8 @@ pub fn get_map_value(map: Map, name: &str) -> Result<Option<Vec<u8>>, HostError>
     let status = unsafe {
         proxy_get_header_map_value(map as u32, name.as_ptr(), name.len(), &mut data, &mut size)
     };
-    match status {
-        // SAFETY: on Ok the host allocated `size` bytes with `allocate`.
-        OK => Ok(Some(unsafe { take_bytes(data, size) })),
-        NOT_FOUND => Ok(None),
-        other => Err(failed("proxy_get_header_map_value", other)),
-    }
+    // SAFETY: the host filled `data` and `size` as the ABI says.
+    unsafe { bytes_or_absent("proxy_get_header_map_value", status, data, size) }
 }
 
 /// Adds a header (duplicates allowed).
@@ -352,12 +363,8 @@ pub fn get_property(path: &[&str]) -> Result<Option<Vec<u8>>, HostError> {
     let (mut data, mut size) = (null_mut(), 0usize);
     // SAFETY: `joined` is valid for its length; the out-parameters are valid and writable.
     let status = unsafe { proxy_get_property(joined.as_ptr(), joined.len(), &mut data, &mut size) };
-    match status {
-        // SAFETY: on Ok the host allocated `size` bytes with `allocate`.
-        OK => Ok(Some(unsafe { take_bytes(data, size) })),
-        NOT_FOUND => Ok(None),
-        other => Err(failed("proxy_get_property", other)),
-    }
+    // SAFETY: the host filled `data` and `size` as the ABI says.
+    unsafe { bytes_or_absent("proxy_get_property", status, data, size) }
 }
 
 /// Sets a property whose path is one segment (Envoy keeps it as filter state `wasm.<name>`).
@@ -374,12 +381,9 @@ pub fn get_shared_data(key: &str) -> Result<Option<(Vec<u8>, u32)>, HostError> {
     // SAFETY: `key` is valid for its length; the out-parameters are valid and writable.
     let status =
         unsafe { proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas) };
-    match status {
-        // SAFETY: on Ok the host allocated `size` bytes with `allocate`.
-        OK => Ok(Some((unsafe { take_bytes(data, size) }, cas))),
-        NOT_FOUND => Ok(None),
-        other => Err(failed("proxy_get_shared_data", other)),
-    }
+    // SAFETY: the host filled `data` and `size` as the ABI says.
+    let value = unsafe { bytes_or_absent("proxy_get_shared_data", status, data, size) }?;
+    Ok(value.map(|v| (v, cas)))
 }
 
 /// What a shared-data write can come to besides success.

@@ -562,12 +562,12 @@ impl Core {
             return false;
         };
         let now = now_ns();
+        let network = client.map(|ip| crate::burst::client_network(ip, 32, 64));
         {
             let mut worker = self.worker.borrow_mut();
             worker
                 .introspecting
                 .retain(|(_, deadline, _)| *deadline > now);
-            let network = client.map(|ip| crate::burst::client_network(ip, 32, 64));
             let mine = worker
                 .introspecting
                 .iter()
@@ -603,7 +603,6 @@ impl Core {
                         .saturating_add(1_000)
                         .saturating_mul(1_000_000),
                 );
-                let network = client.map(|ip| crate::burst::client_network(ip, 32, 64));
                 worker.introspecting.push((call, deadline, network));
                 exports::register(Callout::Http(call), self.context_id);
                 true
